@@ -1,0 +1,87 @@
+"""Evaluation on frozen features: kNN top-1, linear probe, and agreement of clusterings with ground truth."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def extract_features(encode, images: torch.Tensor, device: torch.device | str, batch_size: int = 512) -> torch.Tensor:
+    """Run ``encode`` over ``images`` (N, C, H, W) in batches on ``device``; return (N, F) float32 on CPU."""
+    out = [encode(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+def knn_top1(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+             test_labels: torch.Tensor, k: int = 20, temperature: float = 0.07) -> float:
+    """Weighted kNN top-1 accuracy (Wu et al. 2018 protocol): cosine similarity, the k nearest training
+    samples vote for their class with weight exp(similarity / temperature)."""
+    if train_features.shape[0] == 0 or test_features.shape[0] == 0:
+        raise ValueError("knn_top1 needs non-empty train and test features")
+    train = F.normalize(train_features.float(), dim=1)
+    test = F.normalize(test_features.float(), dim=1)
+    train_labels = train_labels.long()
+    classes = int(max(train_labels.max(), test_labels.max())) + 1
+    k = min(k, train.shape[0])
+    correct = 0
+    for start in range(0, test.shape[0], 1024):
+        sim = test[start:start + 1024] @ train.T
+        top, idx = sim.topk(k, dim=1)
+        votes = torch.zeros(sim.shape[0], classes).scatter_add_(1, train_labels[idx], torch.exp(top / temperature))
+        correct += int((votes.argmax(1) == test_labels[start:start + 1024].long()).sum())
+    return correct / test.shape[0]
+
+
+def linear_top1(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                test_labels: torch.Tensor, seed: int = 0) -> float:
+    """Linear probe: multinomial logistic regression (scikit-learn) on standardised frozen features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(np.unique(train_labels.numpy())) < 2:
+        raise ValueError("linear_top1 needs at least 2 classes in train_labels")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
+    probe.fit(train_features.numpy(), train_labels.numpy())
+    return float(probe.score(test_features.numpy(), test_labels.numpy()))
+
+
+def clustering_agreement(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """NMI, ARI and purity of a clustering against ground-truth labels."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    from sklearn.metrics.cluster import contingency_matrix
+
+    predicted, truth = np.asarray(predicted), np.asarray(truth)
+    table = contingency_matrix(truth, predicted)
+    return {"nmi": float(normalized_mutual_info_score(truth, predicted)),
+            "ari": float(adjusted_rand_score(truth, predicted)),
+            "purity": float(table.max(0).sum() / table.sum())}
+
+
+def kmeans_labels(features: torch.Tensor, clusters: int, seed: int = 0) -> np.ndarray:
+    """k-means (scikit-learn) on L2-normalised features: how a run without learned criteria clusters."""
+    from sklearn.cluster import KMeans
+
+    x = F.normalize(features.float(), dim=1).numpy()
+    return KMeans(min(clusters, x.shape[0]), n_init=3, random_state=seed).fit_predict(x)
+
+
+def evaluate_features(train_features: torch.Tensor, train_levels: torch.Tensor, test_features: torch.Tensor,
+                      test_levels: torch.Tensor, level_names: Sequence[str], k: int = 20,
+                      temperature: float = 0.07, seed: int = 0, linear: bool = True) -> dict:
+    """kNN top-1 at every ground-truth level (finest first), linear top-1 at the finest, and k-means NMI/ARI
+    of the test features per level (k = number of classes at that level)."""
+    out: dict = {"knn_top1_per_level": {}, "kmeans_nmi": {}, "kmeans_ari": {}}
+    for row, name in enumerate(level_names):
+        out["knn_top1_per_level"][name] = knn_top1(train_features, train_levels[row], test_features,
+                                                   test_levels[row], k, temperature)
+        truth = test_levels[row].numpy()
+        agree = clustering_agreement(kmeans_labels(test_features, len(np.unique(truth)), seed), truth)
+        out["kmeans_nmi"][name], out["kmeans_ari"][name] = agree["nmi"], agree["ari"]
+    out["knn_top1"] = out["knn_top1_per_level"][level_names[0]]
+    if linear:
+        out["linear_top1"] = linear_top1(train_features, train_levels[0], test_features, test_levels[0], seed)
+    return out

@@ -1,0 +1,393 @@
+"""Training: MoCo v3 with the Relative Contrastive Loss, driven by one :class:`TrainConfig`.
+
+Data flows one way: dataset -> two augmented views (on device) -> model -> queries/keys -> criteria
+labels (from keys) -> RCL -> backward -> step events. Events go to every listener (the metrics log, the
+progress bar, live figures); nothing here knows who listens.
+
+A run directory holds ``config.json``, ``metrics.jsonl`` (appended and flushed per logged step),
+``checkpoint.pt`` (written to a temporary file, then renamed), ``summary.json`` and ``eval.npz``.
+Resuming continues the same trajectory: the epoch order is a function of (seed, epoch) and every other
+random state (augmentations, re-seeding of prototypes) is in the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rcl_core.augment import augment, preset
+from rcl_core.config import TrainConfig
+from rcl_core.criteria import CriteriaSet
+from rcl_core.evaluation import clustering_agreement, evaluate_features, extract_features, knn_top1
+from rcl_core.loss import RelativeContrastiveLoss
+from rcl_core.models import MoCoV3, momentum_at
+from rcl_core.runs import atomic_write, atomic_write_json, atomic_write_text, read_metrics
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Event:
+    """A training event: ``kind`` is ``step``, ``epoch`` (with evaluation results, if any), ``checkpoint``,
+    ``resume``, ``stop`` or ``end``; ``data`` holds plain Python values only."""
+
+    kind: str
+    step: int
+    epoch: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+class MetricsLog:
+    """Listener that appends training records to ``metrics.jsonl``, flushing each one.
+
+    Logged: every ``every``-th step and each epoch's last step (with ``knn_top1`` on evaluated epochs);
+    other events (``resume``, ``stop``, later lab changes) are written as ``{"event": kind, ...}`` lines.
+    """
+
+    def __init__(self, path: str | Path, every: int):
+        self.path, self.every = Path(path), every
+        self._pending: dict | None = None
+
+    def _write(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "step":
+            row = {"step": event.step, "epoch": round(event.epoch, 4), **event.data}
+            if event.data.get("epoch_end"):
+                self._pending = row  # written with the epoch's evaluation, if any
+            elif event.step % self.every == 0:
+                self._write(row)
+        elif event.kind == "epoch":
+            row = self._pending or {"step": event.step, "epoch": event.epoch}
+            self._pending = None
+            row.pop("epoch_end", None)
+            row.update({k: v for k, v in event.data.items() if k == "knn_top1"})
+            self._write(row)
+        elif event.kind in ("resume", "stop", "change"):
+            self._write({"event": event.kind, "step": event.step, "epoch": round(event.epoch, 4), **event.data})
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step`` (logged after the checkpoint a resume starts from)."""
+        rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+class ProgressBar:
+    """Listener that drives a tqdm bar from step events."""
+
+    def __init__(self, total: int, initial: int = 0):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "step":
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=f"{event.epoch:.2f}", loss=f"{event.data['loss']:.3f}", refresh=False)
+        elif event.kind == "epoch" and "knn_top1" in event.data:
+            self.bar.write(f"epoch {event.epoch:.0f}: kNN top-1 {event.data['knn_top1']:.3f}")
+        elif event.kind in ("end", "stop"):
+            self.bar.close()
+
+
+class Trainer:
+    """Trains MoCo v3 with RCL on ``config.dataset`` and evaluates it; see the module docstring.
+
+    Args:
+        config: the run's :class:`TrainConfig` (validated here).
+        dataset: a loaded :class:`rcl_core.datasets.HierarchicalDataset` (loaded from the config if None).
+        listeners: callables receiving :class:`Event` objects.
+        resume: continue from ``run_dir/checkpoint.pt`` when it exists.
+    """
+
+    def __init__(self, config: TrainConfig, dataset=None, listeners=(), resume: bool = False):
+        self.config = config.validate()
+        if dataset is None:
+            from rcl_core.datasets import load_dataset
+
+            dataset = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.data_seed)
+        self.dataset = dataset
+        self.device = select_device(config.device)
+        self.run_dir = Path(config.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.listeners: list[Callable[[Event], None]] = list(listeners)
+        self._stop = threading.Event()
+        self._stop_reason = "request"
+
+        n = len(dataset.train)
+        if n < 2:
+            raise ValueError(f"dataset {dataset.name!r} has {n} training samples; contrastive training needs >= 2")
+        self.batch_size = min(config.batch_size, n)
+        self.steps_per_epoch = n // self.batch_size
+        self.total_steps = self.steps_per_epoch * config.epochs
+
+        torch.manual_seed(config.seed)
+        c, h, _ = dataset.image_shape
+        self.model = MoCoV3(c, h, config.width, config.feature_dim, config.hidden_dim, config.predictor_dim).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.online_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.criteria = CriteriaSet(
+            config.resolved_criteria(), dataset.train.levels, dataset.level_names, config.cluster_warmup_epochs,
+            config.seed, epsilon=config.sinkhorn_epsilon, iterations=config.sinkhorn_iterations,
+            momentum=config.prototype_momentum, unsure_threshold=config.unsure_threshold)
+        self.loss_fn = RelativeContrastiveLoss(config.temperature, config.form, config.weights, config.thresholds)
+        self.augmentation = preset(dataset.augmentation)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.train_images = dataset.train.images.to(self.device)
+        self.step = 0
+        self.wall_before = 0.0  # seconds spent by earlier invocations of a resumed run
+
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", config.log_every)
+        self.resumed = False
+        ckpt = self.run_dir / CHECKPOINT
+        if resume and ckpt.exists():
+            self._load_checkpoint(ckpt)
+            self.metrics.truncate_after(self.step)
+            self.resumed = True
+        elif not resume:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            for stale in ("summary.json", "eval.npz", CHECKPOINT):
+                (self.run_dir / stale).unlink(missing_ok=True)
+        config.save(self.run_dir / "config.json")
+        self.listeners.insert(0, self.metrics)
+
+    # ------------------------------------------------------------------ control
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        self.listeners.append(listener)
+
+    def request_stop(self, reason: str = "request") -> None:
+        """Ask the loop to stop after the current step (checkpoint written; ``fit`` resumes later)."""
+        self._stop_reason = reason
+        self._stop.set()
+
+    def emit(self, kind: str, epoch: float, **data) -> None:
+        event = Event(kind, self.step, epoch, data)
+        for listener in self.listeners:
+            listener(event)
+
+    def lr_at(self, step: int) -> float:
+        warm = self.config.warmup_epochs * self.steps_per_epoch
+        if step < warm:
+            return self.config.lr * (step + 1) / warm
+        progress = (step - warm) / max(1.0, self.total_steps - warm)
+        return self.config.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        path = self.run_dir / CHECKPOINT
+        state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "criteria": self.criteria.state_dict(), "generator": self.generator.get_state(),
+                 "config": self.config.to_dict(), "wall_seconds": self.wall_before + self._elapsed()}
+        atomic_write(path, lambda fh: torch.save(state, fh))
+        return path
+
+    def _load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        saved = dict(state["config"])
+        for key in ("epochs", "stop_at_step", "run_dir", "device", "progress", "eval_every", "checkpoint_every"):
+            saved.pop(key, None)
+        now = {k: v for k, v in self.config.to_dict().items() if k in saved}
+        changed = sorted(k for k in saved if saved[k] != now[k])
+        if changed:
+            raise ValueError(f"cannot resume {path}: the config differs from the checkpoint's in {changed}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.criteria.load_state_dict(state["criteria"])
+        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        self.step = state["step"]
+        self.wall_before = state.get("wall_seconds", 0.0)
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0
+
+    # ------------------------------------------------------------------ training
+    def _key_features(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised momentum-encoder projections: what criteria label."""
+        self.model.eval()
+        try:
+            feats = extract_features(lambda x: self.model.encode(x, momentum=True, projected=True), images, self.device)
+        finally:
+            self.model.train()
+        return F.normalize(feats, dim=1)
+
+    def _backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        try:
+            return extract_features(self.model.encode, images, self.device)
+        finally:
+            self.model.train()
+
+    def train_step(self, indices: torch.Tensor, epoch: float) -> dict:
+        cfg = self.config
+        x = self.train_images[indices]
+        x1 = augment(x, self.augmentation, self.generator)
+        x2 = augment(x, self.augmentation, self.generator)
+        use_amp = cfg.amp and self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            q1, q2, k1, k2 = self.model(x1, x2)
+        keys = F.normalize(F.normalize(k1.float(), dim=1) + F.normalize(k2.float(), dim=1), dim=1)
+        self.criteria.observe(indices, keys)
+        labels, names, positions = self.criteria.labels(indices, epoch)
+        weights = None if cfg.weights is None else [cfg.weights[p] for p in positions]
+        thresholds = None if cfg.thresholds is None else [cfg.thresholds[p] for p in positions]
+        self.loss_fn.weights, self.loss_fn.thresholds = weights, thresholds
+        loss_a, parts_a = self.loss_fn.forward_with_parts(q1.float(), k2.float(), labels, labels)
+        loss_b, parts_b = self.loss_fn.forward_with_parts(q2.float(), k1.float(), labels, labels)
+        loss = loss_a + loss_b  # MoCo v3's symmetric loss
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.model.update_momentum(momentum_at(self.step / max(1, self.total_steps), cfg.momentum))
+        values = torch.cat([loss.detach()[None], (parts_a + parts_b)]).tolist()
+        if not math.isfinite(values[0]):
+            raise FloatingPointError(f"loss became {values[0]} at step {self.step}; lower lr or raise temperature")
+        return {"loss": values[0], "loss_per_criterion": dict(zip(names, values[1:])), "lr": lr}
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        return torch.randperm(len(self.dataset.train), generator=g)
+
+    def fit(self) -> dict:
+        """Train to ``config.epochs`` (or until stopped), evaluate, write the run directory.
+
+        Returns the summary dict, or ``{"status": "stopped", ...}`` when stopped early (Ctrl-C,
+        :meth:`request_stop`, ``stop_at_step``): then the checkpoint is written and ``fit`` can resume.
+        """
+        cfg = self.config
+        self._t0 = time.perf_counter()
+        self._stop.clear()
+        if cfg.progress:
+            self.add_listener(ProgressBar(self.total_steps, self.step))
+        if self.resumed:
+            self.emit("resume", self.step / self.steps_per_epoch)
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # First Ctrl-C: finish the step, checkpoint, return; a second one interrupts at once.
+            def on_sigint(signum, frame):
+                if self._stop.is_set():
+                    raise KeyboardInterrupt
+                self.request_stop("interrupt")
+            previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            return self._loop()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _loop(self) -> dict:
+        cfg, spe = self.config, self.steps_per_epoch
+        while self.step < self.total_steps:
+            epoch, pos = divmod(self.step, spe)
+            if pos == 0:
+                self.criteria.on_epoch_start(epoch, lambda: self._key_features(self.train_images))
+            order = self._epoch_order(epoch)
+            for i in range(pos, spe):
+                idx = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.device)
+                data = self.train_step(idx, epoch + i / spe)
+                self.step += 1
+                data["wall_seconds"] = round(self.wall_before + self._elapsed(), 3)
+                if i == spe - 1:
+                    data["epoch_end"] = True
+                self.emit("step", epoch + (i + 1) / spe, **data)
+                if self._stop.is_set():
+                    return self._halt(self._stop_reason)
+                if cfg.stop_at_step and self.step >= cfg.stop_at_step:
+                    return self._halt("stop_at_step")
+            done = epoch + 1
+            results = {}
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.epochs:
+                results["knn_top1"] = self.knn()
+            self.emit("epoch", float(done), **results)
+            if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
+                self.save_checkpoint()
+                self.emit("checkpoint", float(done))
+        summary = self.evaluate()
+        self.emit("end", float(cfg.epochs), **{k: summary[k] for k in ("knn_top1", "linear_top1")})
+        return summary
+
+    def _halt(self, reason: str) -> dict:
+        path = self.save_checkpoint()
+        epoch = self.step / self.steps_per_epoch
+        self.emit("stop", epoch, reason=reason, checkpoint=str(path))
+        return {"status": "stopped", "reason": reason, "step": self.step, "epoch": epoch, "checkpoint": str(path)}
+
+    # ------------------------------------------------------------------ evaluation
+    def knn(self) -> float:
+        ds = self.dataset
+        train = self._backbone_features(ds.train.images)
+        test = self._backbone_features(ds.test.images)
+        return knn_top1(train, ds.train.levels[0], test, ds.test.levels[0], self.config.knn_k, self.config.knn_temperature)
+
+    def evaluate(self) -> dict:
+        """Full evaluation on frozen backbone features; writes ``summary.json`` and ``eval.npz``."""
+        cfg, ds = self.config, self.dataset
+        train = self._backbone_features(ds.train.images)
+        test = self._backbone_features(ds.test.images)
+        results = evaluate_features(train, ds.train.levels, test, ds.test.levels, ds.level_names, cfg.knn_k,
+                                    cfg.knn_temperature, cfg.seed)
+        names, crit_labels = self.criteria.predict(self._key_features(ds.test.images))
+        criteria_nmi: dict[str, dict[str, float]] = {}
+        criteria_ari: dict[str, dict[str, float]] = {}
+        for name, row in zip(names, crit_labels.numpy()):
+            criteria_nmi[name], criteria_ari[name] = {}, {}
+            for level, truth in zip(ds.level_names, ds.test.levels.numpy()):
+                agree = clustering_agreement(row, truth)
+                criteria_nmi[name][level], criteria_ari[name][level] = agree["nmi"], agree["ari"]
+        nmi, ari, source = {}, {}, {}
+        for row, level in enumerate(ds.level_names):
+            classes = len(ds.class_names[row])
+            if names:
+                # The learned criterion of the granularity nearest the level's class count (chosen without
+                # looking at test labels).
+                best = min(names, key=lambda n: abs(int(n.split("-")[1]) - classes))
+                nmi[level], ari[level], source[level] = criteria_nmi[best][level], criteria_ari[best][level], best
+            else:
+                nmi[level], ari[level] = results["kmeans_nmi"][level], results["kmeans_ari"][level]
+                source[level] = f"kmeans-{classes} on test features"
+        summary = {
+            "status": "completed", "method": cfg.method, "dataset": ds.name, "epochs": cfg.epochs,
+            "steps": self.step, "batch_size": self.batch_size, "criteria": self.criteria.names,
+            "knn_top1": results["knn_top1"], "linear_top1": results["linear_top1"],
+            "knn_top1_per_level": results["knn_top1_per_level"], "nmi": nmi, "ari": ari, "nmi_source": source,
+            "kmeans_nmi": results["kmeans_nmi"], "kmeans_ari": results["kmeans_ari"],
+            "criteria_nmi": criteria_nmi, "criteria_ari": criteria_ari,
+            "wall_seconds": round(self.wall_before + self._elapsed(), 2), "device": str(self.device),
+            "level_names": list(ds.level_names),
+            "class_names": {lvl: list(names_) for lvl, names_ in zip(ds.level_names, ds.class_names)},
+        }
+        arrays = dict(test_features=test.numpy().astype(np.float32), test_levels=ds.test.levels.numpy(),
+                      level_names=np.array(ds.level_names), criteria_names=np.array(names, dtype=str),
+                      criteria_test_labels=crit_labels.numpy().astype(np.int64))
+        atomic_write(self.run_dir / "eval.npz", lambda fh: np.savez_compressed(fh, **arrays))
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
+def train(config: TrainConfig, resume: bool = False, listeners=(), dataset=None) -> dict:
+    """Train and evaluate one run (see :class:`Trainer`)."""
+    return Trainer(config, dataset=dataset, listeners=listeners, resume=resume).fit()
