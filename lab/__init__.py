@@ -1,0 +1,38 @@
+"""RCL Lab: figures, widget panels, the live training view and the HTML report on top of ``rcl_core``.
+
+Submodules are imported on first use (``from lab import loss_curves`` works), so that importing
+``lab`` stays cheap: plotly and umap-learn (whose numba code compiles on import) load only when a
+figure or an embedding is actually asked for.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "loss_curves": "figures",
+    "results_table": "figures",
+    "embedding_scatter": "figures",
+    "learned_hierarchy": "figures",
+    "run_colors": "figures",
+    "class_colors": "figures",
+    "umap_embedding": "embedding",
+    "Embedding": "embedding",
+    "RunData": "report",
+    "load_run": "report",
+    "write_report": "report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,543 @@
+"""Figure functions of the lab: each takes data and returns a ``plotly.graph_objects.Figure``.
+
+In plotly express's manner, nothing here displays, trains or reads files: the report
+(:mod:`lab.report`), the widget panels and the notebooks pass in what they loaded and decide where
+the figure goes.
+
+Colour scheme, shared by every figure so that one run or one class looks the same everywhere:
+
+- a run's colour is :func:`run_colors` of the run names, in the order given; its per-criterion
+  curves are lighter shades of the same hue, told apart by dash style (one dash per criterion name,
+  so ``proto-64`` is dotted in every run);
+- a ground-truth class's colour is :func:`class_colors` of the number of classes, indexed by label,
+  so class 4 has one colour in every scatter plot and heatmap axis.
+"""
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.colors as pcolors
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = [
+    "run_colors",
+    "class_colors",
+    "training_records",
+    "loss_curves",
+    "results_table",
+    "embedding_scatter",
+    "cluster_class_counts",
+    "learned_hierarchy",
+]
+
+_RUN_PALETTE = pcolors.qualitative.Plotly
+_DASHES = ("dash", "dot", "dashdot", "longdash", "longdashdot")
+_TEMPLATE = "plotly_white"
+_FONT = dict(family="Inter, Segoe UI, Helvetica, Arial, sans-serif", size=13)
+_MISSING = "–"
+
+
+# --------------------------------------------------------------------------------------------- colours
+
+def run_colors(names: Sequence[str]) -> dict[str, str]:
+    """One hex colour per run name, by position, from plotly's qualitative palette (cycled)."""
+    return {name: _RUN_PALETTE[i % len(_RUN_PALETTE)] for i, name in enumerate(names)}
+
+
+def class_colors(n_classes: int) -> list[str]:
+    """``n_classes`` distinct colours, indexed by class label.
+
+    Up to 10 classes get D3's category10 (the most distinct set); up to 24 Dark24; beyond that the
+    colours are sampled around a cyclic scale, since no qualitative palette stays distinct that long.
+    """
+    if n_classes <= 0:
+        return []
+    if n_classes <= 10:
+        return list(pcolors.qualitative.D3[:n_classes])
+    if n_classes <= 24:
+        return list(pcolors.qualitative.Dark24[:n_classes])
+    return pcolors.sample_colorscale("Phase", [i / n_classes for i in range(n_classes)])
+
+
+def _shade(hex_color: str, amount: float) -> str:
+    """Mix ``hex_color`` with white by ``amount`` in [0, 1): per-criterion curves of one run."""
+    r, g, b = pcolors.hex_to_rgb(hex_color)
+    mix = [round(c + (255 - c) * amount) for c in (r, g, b)]
+    return "rgb({},{},{})".format(*mix)
+
+
+# ------------------------------------------------------------------------------------------ loss curves
+
+def training_records(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The training lines of a metrics log, one per step, in step order.
+
+    Event lines (those with an ``"event"`` key) and lines without a ``"step"`` are dropped. When a
+    step appears twice — a resumed run re-logs the steps since its last checkpoint — the later line
+    wins, because it belongs to the history the final model actually came from.
+    """
+    by_step: dict[int, Mapping[str, Any]] = {}
+    for rec in records:
+        if not isinstance(rec, Mapping) or "event" in rec or "step" not in rec:
+            continue
+        by_step[int(rec["step"])] = rec
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _float(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def loss_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], title: str = "Training curves") -> go.Figure:
+    """Loss against step for each run: the total (solid) and every criterion's loss (dashed/dotted).
+
+    Parameters
+    ----------
+    metrics : dict run name -> list of metrics records
+        The parsed lines of each run's ``metrics.jsonl``, events included (they are skipped, and
+        ``resume`` events are drawn as dotted vertical lines). A criterion that switches on mid-run
+        (online clustering after its warm-up) starts where it first appears; no zeros are invented.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    go.Figure
+        Top panel: losses. Bottom panel (only when some record carries ``knn_top1``): kNN top-1 at the
+        evaluated steps. Every trace has ``legendgroup`` = run name and ``meta`` =
+        ``{"run": name, "series": "total" | criterion | "knn_top1"}``; hovering shows the epoch.
+    """
+    names = list(metrics)
+    colours = run_colors(names)
+    runs = {name: training_records(metrics[name]) for name in names}
+
+    criteria: list[str] = []  # every criterion name, in order of first appearance, for dash styles
+    for recs in runs.values():
+        for rec in recs:
+            for crit in (rec.get("loss_per_criterion") or {}):
+                if crit not in criteria:
+                    criteria.append(crit)
+    dash_of = {c: _DASHES[i % len(_DASHES)] for i, c in enumerate(criteria)}
+    shade_of = {c: 0.12 + 0.33 * (i / max(1, len(criteria) - 1)) for i, c in enumerate(criteria)}
+
+    has_knn = any(_float(r.get("knn_top1")) is not None for recs in runs.values() for r in recs)
+    if has_knn:
+        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                            row_heights=[0.68, 0.32])
+    else:
+        fig = make_subplots(rows=1, cols=1)
+
+    for name in names:
+        recs = runs[name]
+        colour = colours[name]
+        first = True
+        series = [("total", lambda r: r.get("loss"))]
+        seen = [c for c in criteria if any(c in (r.get("loss_per_criterion") or {}) for r in recs)]
+        series += [(c, (lambda r, c=c: (r.get("loss_per_criterion") or {}).get(c))) for c in seen]
+        for label, get in series:
+            pts = [(r["step"], _float(get(r)), _float(r.get("epoch"))) for r in recs if _float(get(r)) is not None]
+            if not pts:
+                continue
+            steps, ys, epochs = zip(*pts)
+            total = label == "total"
+            fig.add_trace(go.Scatter(
+                x=list(steps), y=list(ys), customdata=[e if e is not None else float("nan") for e in epochs],
+                mode="lines", name=label, legendgroup=name, meta={"run": name, "series": label},
+                legendgrouptitle_text=name if first else None,
+                line=dict(color=colour if total else _shade(colour, shade_of[label]),
+                          width=2.6 if total else 2.0, dash="solid" if total else dash_of[label]),
+                hovertemplate=(f"<b>{html.escape(name)}</b> · {html.escape(label)} loss<br>"
+                               "step %{x}<br>epoch %{customdata:.2f}<br>loss %{y:.4f}<extra></extra>"),
+            ), row=1, col=1)
+            first = False
+        knn = [(r["step"], _float(r.get("knn_top1")), _float(r.get("epoch"))) for r in recs
+               if _float(r.get("knn_top1")) is not None]
+        if knn:
+            steps, ys, epochs = zip(*knn)
+            fig.add_trace(go.Scatter(
+                x=list(steps), y=list(ys), customdata=[e if e is not None else float("nan") for e in epochs],
+                mode="lines+markers", name="kNN top-1", legendgroup=name,
+                meta={"run": name, "series": "knn_top1"},
+                legendgrouptitle_text=name if first else None,
+                line=dict(color=colour, width=2), marker=dict(size=7, color=colour),
+                hovertemplate=(f"<b>{html.escape(name)}</b> · kNN top-1<br>"
+                               "step %{x}<br>epoch %{customdata:.2f}<br>top-1 %{y:.3f}<extra></extra>"),
+            ), row=2, col=1)
+        # a resume restarts from the last checkpoint; marking it explains any kink in the curves
+        for rec in metrics[name]:
+            if isinstance(rec, Mapping) and rec.get("event") == "resume" and _float(rec.get("step")) is not None:
+                fig.add_vline(x=float(rec["step"]), line=dict(color=colour, dash="dot", width=1.2),
+                              row="all", col=1)
+                fig.add_annotation(x=float(rec["step"]), y=1.0, yref="y domain", xref="x",
+                                   text=f"resume ({html.escape(name)})", showarrow=False,
+                                   yanchor="bottom", font=dict(size=10, color=colour))
+
+    if not fig.data:
+        _note(fig, "no training steps logged yet")
+    fig.update_layout(
+        title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, height=620 if has_knn else 460,
+        legend=dict(groupclick="toggleitem", tracegroupgap=12, font=dict(size=12)),
+        margin=dict(l=70, r=20, t=70, b=60), hovermode="closest",
+    )
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    if has_knn:
+        fig.update_yaxes(title_text="kNN top-1", row=2, col=1)
+        fig.update_xaxes(title_text="step", row=2, col=1)
+    else:
+        fig.update_xaxes(title_text="step", row=1, col=1)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------- results table
+
+def _fmt(value) -> str:
+    if value is None or isinstance(value, bool):
+        return _MISSING if value is None else str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    f = _float(value)
+    if f is None:
+        return str(value)
+    if not math.isfinite(f):
+        return _MISSING
+    return f"{f:.3f}"
+
+
+def _levels(summaries: Mapping[str, Mapping[str, Any]], key: str) -> list[str]:
+    levels: list[str] = []
+    for s in summaries.values():
+        order = list((s or {}).get("level_names") or []) + list(((s or {}).get(key) or {}))
+        for level in order:
+            if level in ((s or {}).get(key) or {}) and level not in levels:
+                levels.append(level)
+    return levels
+
+
+def results_table(summaries: Mapping[str, Mapping[str, Any] | None], title: str = "Results") -> go.Figure:
+    """A table with one row per run: method, dataset, steps, kNN/linear top-1, per-level kNN, NMI, time.
+
+    Parameters
+    ----------
+    summaries : dict run name -> summary dict (the content of ``summary.json``)
+        A run without a summary (interrupted before evaluation) may map to ``None`` or to a partial
+        dict (e.g. method and dataset from its config); missing values show as "–".
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    go.Figure
+        One ``go.Table``. Numbers are formatted to 3 decimals (counts as integers). Per-level columns
+        are the union of levels over runs, finest first: ``kNN · <level>`` is kNN top-1 against that
+        ground-truth level, ``NMI · <level>`` the agreement of the learned criteria with it
+        (``nmi_source`` says which criterion was scored). The run name is written in the run's colour.
+    """
+    names = list(summaries)
+    colours = run_colors(names)
+    knn_levels = _levels(summaries, "knn_top1_per_level")
+    nmi_levels = _levels(summaries, "nmi")
+
+    header = ["run", "method", "dataset", "criteria", "steps", "kNN top-1", "linear top-1"]
+    header += [f"kNN · {lv}" for lv in knn_levels] + [f"NMI · {lv}" for lv in nmi_levels]
+    header += ["NMI source", "wall s"]
+    rows = []
+    for name in names:
+        s = summaries[name] or {}
+        crit = s.get("criteria")
+        row = [name, s.get("method"), s.get("dataset"),
+               ", ".join(map(str, crit)) if crit else None, s.get("steps"),
+               s.get("knn_top1"), s.get("linear_top1")]
+        row += [(s.get("knn_top1_per_level") or {}).get(lv) for lv in knn_levels]
+        row += [(s.get("nmi") or {}).get(lv) for lv in nmi_levels]
+        row += [s.get("nmi_source"), s.get("wall_seconds")]
+        rows.append([_fmt(v) for v in row])
+
+    columns = [list(col) for col in zip(*rows)] if rows else [[] for _ in header]
+    numeric_from = 4
+    fill = [["#ffffff" if i % 2 == 0 else "#f3f5f9" for i in range(len(rows))]] * len(header)
+    font_colours = [[colours[n] for n in names]] + [["#222222"] * len(rows)] * (len(header) - 1)
+    widths = [1.6, 0.8, 0.9, 2.0, 0.7, 0.9, 0.9] + [0.9] * (len(knn_levels) + len(nmi_levels)) + [1.1, 0.8]
+    fig = go.Figure(go.Table(
+        header=dict(values=[f"<b>{html.escape(h)}</b>" for h in header], fill_color="#2f3b52",
+                    font=dict(color="white", size=13), align="center", height=34),
+        cells=dict(values=columns, fill_color=fill, font=dict(color=font_colours, size=13), height=30,
+                   align=["left"] * numeric_from + ["right"] * (len(header) - numeric_from - 2)
+                   + ["left", "right"]),
+        columnwidth=widths,
+    ))
+    if not rows:
+        _note(fig, "no runs")
+    top = 56 if title else 8
+    # a Table does not shrink to its rows: size the figure to header + rows, or it pads with blank space
+    fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT,
+                      height=top + 34 + 30 * max(1, len(rows)) + 28, margin=dict(l=10, r=10, t=top, b=8))
+    return fig
+
+
+# -------------------------------------------------------------------------------------- embedding plot
+
+def _class_name(label, class_names) -> str:
+    if class_names is not None:
+        try:
+            if isinstance(class_names, Mapping):
+                if label in class_names:
+                    return str(class_names[label])
+            elif 0 <= int(label) < len(class_names):
+                return str(class_names[int(label)])
+        except (TypeError, ValueError):
+            pass
+    return str(label)
+
+
+def _palette_index(labels: np.ndarray, class_names) -> tuple[dict, int]:
+    """Map each label to a colour slot: by value for integer labels (stable across runs), else by order."""
+    uniq = list(np.unique(labels))
+    ints = np.issubdtype(labels.dtype, np.integer) and (len(uniq) == 0 or min(uniq) >= 0)
+    if ints:
+        size = max(int(max(uniq)) + 1 if uniq else 0,
+                   len(class_names) if class_names is not None and not isinstance(class_names, Mapping) else 0)
+        return {u: int(u) for u in uniq}, size
+    return {u: i for i, u in enumerate(uniq)}, len(uniq)
+
+
+def embedding_scatter(coords, labels, class_names=None, title: str = "", axis_name: str = "UMAP",
+                      subtitle: str | None = None) -> go.Figure:
+    """A 2-D scatter of ``coords`` (N, 2) coloured by ``labels`` (N,), one legend entry per class.
+
+    Parameters
+    ----------
+    coords : array-like, shape (N, 2)
+        A layout, e.g. ``umap_embedding(features).coords``.
+    labels : array-like, shape (N,)
+        Class of each point (ints index ``class_names``; other values are shown as they are).
+    class_names : sequence or dict, optional
+        Display name per label (``class_names[label]``); missing ones fall back to the label itself.
+    title : str
+        Figure title.
+    subtitle : str, optional
+        A second, smaller title line (e.g. how many samples, which level colours them).
+    axis_name : str
+        Name of the layout method for the axis titles ("UMAP", "PCA"): the axes of such layouts have
+        no units, so only their names are shown.
+    """
+    xy = np.asarray(coords, dtype=np.float64)
+    lab = np.asarray(labels)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise ValueError(f"coords must have shape (N, 2), got {xy.shape}")
+    if lab.ndim != 1 or lab.shape[0] != xy.shape[0]:
+        raise ValueError(f"labels must have shape (N,) = ({xy.shape[0]},), got {lab.shape}")
+    if not np.isfinite(xy).all():
+        raise ValueError("coords must be finite (no NaN/Inf)")
+
+    slot, size = _palette_index(lab, class_names)
+    colours = class_colors(max(size, 1))
+    fig = go.Figure()
+    index = np.arange(len(lab))
+    for u in np.unique(lab):
+        mask = lab == u
+        name = _class_name(u, class_names)
+        fig.add_trace(go.Scatter(
+            x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=name, customdata=index[mask],
+            meta={"label": u.item() if hasattr(u, "item") else u},
+            marker=dict(size=6, color=colours[slot[u] % len(colours)], opacity=0.8,
+                        line=dict(width=0.4, color="white")),
+            hovertemplate=f"class {html.escape(name)}<br>sample %{{customdata}}<extra></extra>",
+        ))
+    if not fig.data:
+        _note(fig, "no points")
+    fig.update_layout(
+        title=dict(text=title, x=0.01, subtitle=dict(text=subtitle or "")), template=_TEMPLATE,
+        font=_FONT, height=540,
+        legend=dict(title_text="class", itemsizing="constant", font=dict(size=12)),
+        margin=dict(l=40, r=10, t=80 if subtitle else 60, b=40),
+    )
+    fig.update_xaxes(title_text=f"{axis_name} 1", showticklabels=False, zeroline=False)
+    fig.update_yaxes(title_text=f"{axis_name} 2", showticklabels=False, zeroline=False,
+                     scaleanchor="x", scaleratio=1)
+    return fig
+
+
+# ----------------------------------------------------------------------------------- learned hierarchy
+
+def cluster_class_counts(cluster_labels, true_labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Contingency counts of learned clusters against ground-truth classes.
+
+    Returns ``(cluster_ids, class_ids, counts)`` with ``counts[i, j]`` the number of samples in
+    cluster ``cluster_ids[i]`` whose true class is ``class_ids[j]`` (ids sorted ascending).
+    """
+    c = np.asarray(cluster_labels).ravel()
+    t = np.asarray(true_labels).ravel()
+    if c.shape != t.shape:
+        raise ValueError(f"cluster_labels and true_labels must have the same length, got {c.shape} and {t.shape}")
+    cluster_ids, ci = np.unique(c, return_inverse=True)
+    class_ids, ti = np.unique(t, return_inverse=True)
+    counts = np.zeros((len(cluster_ids), len(class_ids)), dtype=np.int64)
+    np.add.at(counts, (ci, ti), 1)
+    return cluster_ids, class_ids, counts
+
+
+def _composition(row: np.ndarray, class_ids, class_names, min_share=0.15, top=3) -> str:
+    """The classes a cluster is made of, biggest first: "4 (52%), 9 (40%)"."""
+    total = row.sum()
+    if total == 0:
+        return ""
+    order = np.argsort(-row, kind="stable")
+    parts = [f"{_class_name(class_ids[j], class_names)} ({row[j] / total:.0%})"
+             for k, j in enumerate(order[:top]) if k == 0 or row[j] / total >= min_share]
+    return ", ".join(parts)
+
+
+def _cluster_label(cid) -> str:
+    return "unsure" if _float(cid) is not None and _float(cid) < 0 else f"#{cid}"
+
+
+def learned_hierarchy(criteria_labels, criteria_names, true_labels, true_class_names=None,
+                      title: str = "Learned hierarchy") -> go.Figure:
+    """What the learned clusters grouped: coarsest learned cluster x ground-truth class, plus a sunburst.
+
+    Parameters
+    ----------
+    criteria_labels : array-like, shape (C, N)
+        Cluster of each sample under each learned criterion, ordered fine -> coarse (e.g. the
+        ``criteria_test_labels`` of ``eval.npz``). C may be 0 (MoCo learns no criteria): the figure
+        then only carries a note saying so.
+    criteria_names : sequence of str, length C
+        Names of the criteria (``"proto-64"``, ``"proto-16"``, ``"kmeans-32"`` ...).
+    true_labels : array-like, shape (N,)
+        Ground-truth class of each sample (usually the finest level).
+    true_class_names : sequence or dict, optional
+        Display name per ground-truth label.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    go.Figure
+        Left: a heatmap, one row per cluster of the coarsest criterion, one column per class; cell
+        text and ``customdata`` are counts, colour is the share of the row (so a small cluster's
+        make-up is as visible as a big one's). Rows are sorted by dominant class, purest first, so
+        clusters holding the same classes sit together, and each row is labelled with its make-up
+        ("#3 → 4 (52%), 9 (40%)"). Right: a sunburst from the coarsest criterion (centre) to the finest
+        (rim), sectors sized by count and coloured by purity (share of the node's majority class).
+        Cluster labels < 0 are shown as "unsure".
+    """
+    t = np.asarray(true_labels).ravel()
+    raw = np.asarray(criteria_labels)
+    names = [str(n) for n in (list(criteria_names) if criteria_names is not None else [])]
+    if raw.size == 0 and len(names) == 0:
+        fig = go.Figure()
+        _note(fig, "No learned criteria in this run (e.g. MoCo uses the instance criterion only),<br>"
+                   "so there is no learned hierarchy to show.")
+        fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, height=260,
+                          xaxis=dict(visible=False), yaxis=dict(visible=False))
+        return fig
+    if raw.ndim == 1:
+        raw = raw[None, :]
+    if raw.ndim == 2 and raw.shape[1] == 0 and t.shape[0] == 0:
+        fig = go.Figure()
+        _note(fig, "No samples to compare the learned criteria with.")
+        fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, height=260,
+                          xaxis=dict(visible=False), yaxis=dict(visible=False))
+        return fig
+    if raw.ndim != 2:
+        raise ValueError(f"criteria_labels must have shape (C, N), got {raw.shape}")
+    if raw.shape[1] != t.shape[0]:
+        raise ValueError(f"criteria_labels must have N = len(true_labels) = {t.shape[0]} columns, "
+                         f"got shape {raw.shape}")
+    if len(names) != raw.shape[0]:
+        raise ValueError(f"criteria_names must name each of the {raw.shape[0]} criteria, got {names}")
+
+    coarse_name = names[-1]
+    cluster_ids, class_ids, counts = cluster_class_counts(raw[-1], t)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    dominant = shares.argmax(axis=1)
+    unsure = np.array([_cluster_label(c) == "unsure" for c in cluster_ids])
+    # by dominant class, purest first; the "unsure" bucket is no cluster, so it goes last
+    order = np.lexsort((-shares.max(axis=1), dominant, unsure))
+    counts, shares, cluster_ids = counts[order], shares[order], cluster_ids[order]
+
+    row_labels = [f"{_cluster_label(cid)} → {_composition(counts[i], class_ids, true_class_names)}"
+                  for i, cid in enumerate(cluster_ids)]
+    slot, size = _palette_index(class_ids, true_class_names)  # the scatter plots' class colours
+    col_colours = class_colors(max(size, 1))
+    col_labels = [_class_name(c, true_class_names) for c in class_ids]
+    col_ticks = [f'<span style="color:{col_colours[slot[c] % len(col_colours)]}"><b>{html.escape(name)}</b></span>'
+                 for c, name in zip(class_ids, col_labels)]
+    show_text = counts.shape[0] <= 40 and counts.shape[1] <= 30
+
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.1,
+                        specs=[[{"type": "xy"}, {"type": "domain"}]],
+                        subplot_titles=(f"{coarse_name} clusters × ground-truth class",
+                                        " → ".join(reversed(names)) + " (colour: purity)"))
+    hover = [[f"{html.escape(coarse_name)} {_cluster_label(cid)}: {counts[i, j]} samples of class "
+              f"{html.escape(col_labels[j])}<br>{shares[i, j]:.0%} of the cluster ({counts[i].sum()} samples)"
+              for j in range(len(class_ids))] for i, cid in enumerate(cluster_ids)]
+    fig.add_trace(go.Heatmap(
+        z=shares, x=list(range(len(class_ids))), y=list(range(len(cluster_ids))),
+        # empty cells stay blank so the few non-zero counts of each row stand out
+        text=[[str(v) if v else "" for v in row] for row in counts], customdata=counts, hovertext=hover,
+        texttemplate="%{text}" if show_text else None,
+        textfont=dict(size=11), colorscale="Blues", zmin=0, zmax=1, xgap=1, ygap=1,
+        colorbar=dict(title=dict(text="share", side="top"), x=0.53, xanchor="left", len=0.8, thickness=12),
+        meta={"criterion": coarse_name, "cluster_ids": [c.item() for c in cluster_ids],
+              "class_ids": [c.item() for c in class_ids]},
+        hovertemplate="%{hovertext}<extra></extra>",
+    ), row=1, col=1)
+    # positions are indices so that two classes with the same display name never merge into one column
+    fig.update_xaxes(tickmode="array", tickvals=list(range(len(class_ids))), ticktext=col_ticks,
+                     title_text="ground-truth class", side="bottom", row=1, col=1)
+    fig.update_yaxes(tickmode="array", tickvals=list(range(len(cluster_ids))),
+                     ticktext=[html.escape(r) for r in row_labels], autorange="reversed",
+                     title_text=f"{coarse_name} cluster → make-up", row=1, col=1)
+
+    ids, labels, parents, values, purity, hover = _sunburst_nodes(raw, names, t, true_class_names)
+    fig.add_trace(go.Sunburst(
+        ids=ids, labels=labels, parents=parents, values=values, branchvalues="total",
+        marker=dict(colors=purity, colorscale="RdYlGn", cmin=0, cmax=1,
+                    colorbar=dict(title=dict(text="purity", side="top"), x=1.0, xanchor="left", len=0.8,
+                                  thickness=12)),
+        customdata=hover, hovertemplate="%{customdata}<extra></extra>", insidetextorientation="radial",
+        maxdepth=-1,
+    ), row=1, col=2)
+
+    fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT,
+                      height=max(460, 140 + 26 * len(cluster_ids)), margin=dict(l=20, r=40, t=90, b=60))
+    return fig
+
+
+def _sunburst_nodes(raw: np.ndarray, names: list[str], true: np.ndarray, class_names):
+    """Nodes of the coarse -> fine sunburst, one per distinct label path (robust to imperfect nesting)."""
+    class_ids, ti = np.unique(true, return_inverse=True)
+    ids, labels, parents, values, purity, hover = [], [], [], [], [], []
+    levels = raw[::-1]  # coarse first
+    for depth in range(levels.shape[0]):
+        paths, inverse = np.unique(levels[: depth + 1].T, axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        counts = np.zeros((len(paths), len(class_ids)), dtype=np.int64)
+        np.add.at(counts, (inverse, ti), 1)
+        crit = names[len(names) - 1 - depth]
+        for p, path in enumerate(paths):
+            node = "/".join(str(v) for v in path)
+            ids.append(node)
+            parents.append("/".join(str(v) for v in path[:-1]))
+            labels.append(_cluster_label(path[-1]))
+            n = int(counts[p].sum())
+            values.append(n)
+            purity.append(float(counts[p].max() / n) if n else 0.0)
+            hover.append(f"{html.escape(crit)} {_cluster_label(path[-1])}: {n} samples<br>"
+                         f"purity {purity[-1]:.2f}<br>{html.escape(_composition(counts[p], class_ids, class_names))}")
+    return ids, labels, parents, values, purity, hover
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+def _note(fig: go.Figure, text: str) -> None:
+    fig.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=15, color="#555555"))
