@@ -17,7 +17,7 @@ from rcl_core.config import TrainConfig
 
 # The demo budget: both methods get exactly this, so the comparison is fair. Sized for <= 5 minutes on
 # 2 CPU cores, training included (see benchmarks/README.md for measured times).
-DEMO_CONFIG = dict(dataset="digits", epochs=20, batch_size=256, lr=2e-3, temperature=0.2,
+DEMO_CONFIG = dict(dataset="digits", epochs=50, batch_size=256, lr=2e-3, temperature=0.2,
                    cluster_warmup_epochs=3.0, eval_every=5, seed=0)
 DEMO_RUNS = {"MoCo v3": ("moco", "moco"), "RCL": ("rcl", "rcl")}
 
@@ -84,8 +84,11 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_lab(args: argparse.Namespace) -> int:
+    import importlib.util
     import subprocess
 
+    if importlib.util.find_spec("jupyterlab") is None:
+        raise ImportError('JupyterLab is not installed in this environment: pip install jupyterlab')
     notebooks = Path(args.notebooks)
     if not notebooks.is_dir():
         raise FileNotFoundError(f"notebook folder {notebooks} does not exist")

@@ -110,8 +110,8 @@ def loss_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], title: str =
     Returns
     -------
     go.Figure
-        Top panel: losses. Bottom panel (only when some record carries ``knn_top1``): kNN top-1 at the
-        evaluated steps. Every trace has ``legendgroup`` = run name and ``meta`` =
+        Three panels sharing the step axis: total losses; per-criterion losses; kNN top-1 at the
+        evaluated steps (only when some record carries ``knn_top1``). Every trace has ``legendgroup`` = run name and ``meta`` =
         ``{"run": name, "series": "total" | criterion | "knn_top1"}``; hovering shows the epoch.
     """
     names = list(metrics)
@@ -128,11 +128,11 @@ def loss_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], title: str =
     shade_of = {c: 0.12 + 0.33 * (i / max(1, len(criteria) - 1)) for i, c in enumerate(criteria)}
 
     has_knn = any(_float(r.get("knn_top1")) is not None for recs in runs.values() for r in recs)
-    if has_knn:
-        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                            row_heights=[0.68, 0.32])
-    else:
-        fig = make_subplots(rows=1, cols=1)
+    # Totals and per-criterion losses get their own panels: an RCL total sums several criteria and would
+    # flatten every other curve if they shared an axis.
+    knn_row = 3 if has_knn else None
+    fig = make_subplots(rows=3 if has_knn else 2, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        row_heights=[0.36, 0.36, 0.28] if has_knn else [0.5, 0.5])
 
     for name in names:
         recs = runs[name]
@@ -155,7 +155,7 @@ def loss_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], title: str =
                           width=2.6 if total else 2.0, dash="solid" if total else dash_of[label]),
                 hovertemplate=(f"<b>{html.escape(name)}</b> · {html.escape(label)} loss<br>"
                                "step %{x}<br>epoch %{customdata:.2f}<br>loss %{y:.4f}<extra></extra>"),
-            ), row=1, col=1)
+            ), row=1 if total else 2, col=1)
             first = False
         knn = [(r["step"], _float(r.get("knn_top1")), _float(r.get("epoch"))) for r in recs
                if _float(r.get("knn_top1")) is not None]
@@ -169,7 +169,7 @@ def loss_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], title: str =
                 line=dict(color=colour, width=2), marker=dict(size=7, color=colour),
                 hovertemplate=(f"<b>{html.escape(name)}</b> · kNN top-1<br>"
                                "step %{x}<br>epoch %{customdata:.2f}<br>top-1 %{y:.3f}<extra></extra>"),
-            ), row=2, col=1)
+            ), row=knn_row, col=1)
         # a resume restarts from the last checkpoint; marking it explains any kink in the curves
         for rec in metrics[name]:
             if isinstance(rec, Mapping) and rec.get("event") == "resume" and _float(rec.get("step")) is not None:
@@ -182,16 +182,15 @@ def loss_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], title: str =
     if not fig.data:
         _note(fig, "no training steps logged yet")
     fig.update_layout(
-        title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, height=620 if has_knn else 460,
+        title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, height=820 if has_knn else 600,
         legend=dict(groupclick="toggleitem", tracegroupgap=12, font=dict(size=12)),
         margin=dict(l=70, r=20, t=70, b=60), hovermode="closest",
     )
-    fig.update_yaxes(title_text="loss", row=1, col=1)
+    fig.update_yaxes(title_text="total loss", row=1, col=1)
+    fig.update_yaxes(title_text="per-criterion loss", row=2, col=1)
     if has_knn:
-        fig.update_yaxes(title_text="kNN top-1", row=2, col=1)
-        fig.update_xaxes(title_text="step", row=2, col=1)
-    else:
-        fig.update_xaxes(title_text="step", row=1, col=1)
+        fig.update_yaxes(title_text="kNN top-1", row=3, col=1)
+    fig.update_xaxes(title_text="step", row=3 if has_knn else 2, col=1)
     return fig
 
 
@@ -218,6 +217,14 @@ def _levels(summaries: Mapping[str, Mapping[str, Any]], key: str) -> list[str]:
             if level in ((s or {}).get(key) or {}) and level not in levels:
                 levels.append(level)
     return levels
+
+
+def _source_text(source) -> str | None:
+    """``nmi_source`` is one string or a dict level -> what was scored; one line either way."""
+    if not isinstance(source, Mapping):
+        return source
+    values = list(dict.fromkeys(map(str, source.values())))
+    return values[0] if len(values) == 1 else "; ".join(f"{lv}: {v}" for lv, v in source.items())
 
 
 def results_table(summaries: Mapping[str, Mapping[str, Any] | None], title: str = "Results") -> go.Figure:
@@ -256,7 +263,7 @@ def results_table(summaries: Mapping[str, Mapping[str, Any] | None], title: str 
                s.get("knn_top1"), s.get("linear_top1")]
         row += [(s.get("knn_top1_per_level") or {}).get(lv) for lv in knn_levels]
         row += [(s.get("nmi") or {}).get(lv) for lv in nmi_levels]
-        row += [s.get("nmi_source"), s.get("wall_seconds")]
+        row += [_source_text(s.get("nmi_source")), s.get("wall_seconds")]
         rows.append([_fmt(v) for v in row])
 
     columns = [list(col) for col in zip(*rows)] if rows else [[] for _ in header]

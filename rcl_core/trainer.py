@@ -368,7 +368,7 @@ class Trainer:
                 nmi[level], ari[level], source[level] = criteria_nmi[best][level], criteria_ari[best][level], best
             else:
                 nmi[level], ari[level] = results["kmeans_nmi"][level], results["kmeans_ari"][level]
-                source[level] = f"kmeans-{classes} on test features"
+                source[level] = f"kmeans-{classes} on features"
         summary = {
             "status": "completed", "method": cfg.method, "dataset": ds.name, "epochs": cfg.epochs,
             "steps": self.step, "batch_size": self.batch_size, "criteria": self.criteria.names,

@@ -1,0 +1,379 @@
+"""Loss benchmark: RCL forward + backward against a plain InfoNCE measured in the same run.
+
+The issue's target: forward + backward at N = M = 4096, D = 128, against a plain InfoNCE in the same run:
+H = 1 within 1.2x, H = 4 within 1.3x; peak memory within 1.5x. Every figure is printed as a ratio to the
+InfoNCE reference of the same run, so a fast or slow machine does not move it.
+
+Variants (all take the same leaf tensors ``q`` (N, D) and ``k`` (M, D), both with ``requires_grad``, so
+each does the same backward work, gradients for queries and keys, as in MoCo v3's symmetric loss where a
+tensor is a query in one term and a key in the other):
+
+    infonce          F.cross_entropy(F.normalize(q) @ F.normalize(k).T / tau, arange(N))  (the reference)
+    rcl_h1           RelativeContrastiveLoss, softmax form, instance criterion only  (target 1.2x / 1.5x)
+    rcl_h4           softmax form, instance + 3 nested coarser levels (clusters of 8/64/512)  (1.3x / 1.5x)
+    rcl_sigmoid_h4   sigmoid form, same labels: for information, no target
+    supcon_naive_h4  per-criterion SupCon with a dense (N, M) mask per criterion, the "obvious" code:
+                     shows what the linear-positive trick in rcl_core saves
+
+Timing: warm-up calls, then ``--rounds`` rounds; each round times one forward + backward of every variant
+(the order rotates from round to round) and takes each candidate's ratio to the reference of the same
+round. The median of those ratios is reported (with the 25th-75th percentile), plus absolute medians.
+Interleaving keeps the ratio honest on a shared, noisy machine: a slow spell hits both sides of a ratio.
+
+Peak memory (bytes allocated during one forward + backward, inputs excluded, gradients of q and k
+included): on CUDA ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``; on the CPU the
+allocator's own record through ``torch.profiler`` (``profile_memory=True``): every allocation and free is
+an event with a signed byte count, and the peak of their running sum is the peak of live tensor memory.
+Cross-check on the CPU (``--memory both``, the default unless ``--quick``): each variant in a fresh
+subprocess, peak resident-set growth over one forward + backward (see ``_child``).
+
+    .venv/bin/python benchmarks/loss_speed.py                 # full size, 15 rounds
+    .venv/bin/python benchmarks/loss_speed.py --quick         # 5 rounds, allocator memory only (< 1 min)
+    .venv/bin/python benchmarks/loss_speed.py --threads 1     # torch.set_num_threads(1)
+
+The last line printed is one JSON object with the ratios, sizes and device.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from rcl_core import RelativeContrastiveLoss  # noqa: E402
+
+TAU = 0.2
+REFERENCE = "infonce"
+VARIANTS = ("infonce", "rcl_h1", "rcl_h4", "rcl_sigmoid_h4", "supcon_naive_h4")
+# variant -> (time ratio target, memory ratio target), from the issue
+TARGETS = {"rcl_h1": (1.2, 1.5), "rcl_h4": (1.3, 1.5)}
+# JSON key suffix for each variant
+SHORT = {"rcl_h1": "h1", "rcl_h4": "h4", "rcl_sigmoid_h4": "sigmoid_h4", "supcon_naive_h4": "supcon_naive_h4"}
+CLUSTER_SIZES = (8, 64, 512)  # levels 2..4 of the nested H = 4 criteria
+SIGMOID_THRESHOLDS = (0.8, 0.5, 0.2, -0.1)
+
+
+# ---------------------------------------------------------------------------------------------- workload
+def nested_labels(n: int, seed: int, device) -> torch.Tensor:
+    """(4, n) labels, fine -> coarse: instance (the sample's index), then clusters of 8 / 64 / 512 samples.
+
+    Level l + 1 is level l's label // 8 of one random permutation, so the levels are nested (agreeing at a
+    finer level implies agreeing at every coarser one) and the clusters are scattered over the batch.
+    """
+    g = torch.Generator().manual_seed(seed + 1)
+    perm = torch.randperm(n, generator=g)
+    rows = [torch.arange(n)] + [perm // size for size in CLUSTER_SIZES]
+    return torch.stack(rows).to(device)
+
+
+def supcon_naive(q: torch.Tensor, k: torch.Tensor, labels_q: torch.Tensor, labels_k: torch.Tensor) -> torch.Tensor:
+    """Sum over criteria of SupCon ("out" form) with a dense (N, M) positive mask per criterion."""
+    logp = F.log_softmax(F.normalize(q, dim=1) @ F.normalize(k, dim=1).T / TAU, dim=1)
+    loss = logp.new_zeros(())
+    for yq, yk in zip(labels_q, labels_k):
+        mask = (yq[:, None] == yk[None, :]).to(logp.dtype)
+        loss = loss + (-(mask * logp).sum(1) / mask.sum(1)).mean()  # every anchor has its own key
+    return loss
+
+
+class Workload:
+    """The inputs and one closure per variant; ``step(name)`` is one forward + backward."""
+
+    def __init__(self, n: int, d: int, device: torch.device, seed: int = 0):
+        self.device = device
+        g = torch.Generator().manual_seed(seed)
+        self.q = torch.randn(n, d, generator=g).to(device).requires_grad_()
+        self.k = torch.randn(n, d, generator=g).to(device).requires_grad_()
+        self.targets = torch.arange(n, device=device)
+        self.labels_h1 = self.targets[None].clone()
+        self.labels_h4 = nested_labels(n, seed, device)
+        self.rcl = RelativeContrastiveLoss(temperature=TAU)
+        self.rcl_sigmoid = RelativeContrastiveLoss(temperature=TAU, form="sigmoid", thresholds=SIGMOID_THRESHOLDS)
+        self.losses = {
+            "infonce": lambda: F.cross_entropy(
+                F.normalize(self.q, dim=1) @ F.normalize(self.k, dim=1).T / TAU, self.targets),
+            "rcl_h1": lambda: self.rcl(self.q, self.k, self.labels_h1, self.labels_h1),
+            "rcl_h4": lambda: self.rcl(self.q, self.k, self.labels_h4, self.labels_h4),
+            "rcl_sigmoid_h4": lambda: self.rcl_sigmoid(self.q, self.k, self.labels_h4, self.labels_h4),
+            "supcon_naive_h4": lambda: supcon_naive(self.q, self.k, self.labels_h4, self.labels_h4),
+        }
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def clear_grads(self) -> None:
+        self.q.grad = None
+        self.k.grad = None
+
+    def step(self, name: str) -> float:
+        """One forward + backward; returns the loss value."""
+        self.clear_grads()
+        loss = self.losses[name]()
+        loss.backward()
+        return float(loss.detach())
+
+    def timed_step(self, name: str) -> float:
+        self.clear_grads()
+        self.sync()
+        start = time.perf_counter()
+        self.losses[name]().backward()
+        self.sync()
+        return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def measure_times(work: Workload, variants, rounds: int, warmup: int) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        for name in variants:
+            work.timed_step(name)
+    times = {name: [] for name in variants}
+    for r in range(rounds):
+        order = list(variants[r % len(variants):]) + list(variants[: r % len(variants)])
+        for name in order:
+            times[name].append(work.timed_step(name))
+    return times
+
+
+def quantile(values: list[float], p: float) -> float:
+    s = sorted(values)
+    x = p * (len(s) - 1)
+    lo, hi = math.floor(x), math.ceil(x)
+    return s[lo] + (s[hi] - s[lo]) * (x - lo)
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def allocator_peak(work: Workload, name: str) -> int:
+    """Peak bytes of live tensor memory during one forward + backward, above what was live before it."""
+    work.step(name)  # warm-up: lazy initialisation must not count
+    work.clear_grads()
+    gc.collect()
+    if work.device.type == "cuda":
+        work.sync()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(work.device)
+        torch.cuda.reset_peak_memory_stats(work.device)
+        work.step(name)
+        work.sync()
+        return torch.cuda.max_memory_allocated(work.device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        work.step(name)
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def _read_status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Linux >= 4.0: writing 5 to clear_refs resets the peak RSS (VmHWM and ru_maxrss) to the current RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    hwm, rss = _read_status_kib("VmHWM"), _read_status_kib("VmRSS")
+    return hwm is not None and rss is not None and hwm <= rss + 64
+
+
+def _child(args) -> None:
+    """Peak resident-set growth of one forward + backward of one variant, in this fresh process.
+
+    The parent starts it with MALLOC_MMAP_THRESHOLD_ set low, so every large buffer is its own mmap and goes
+    back to the OS when freed: RSS then follows live memory closely. Preferred: a full-size warm-up step,
+    then reset the peak (clear_refs) and read VmHWM - VmRSS around the measured step. Fallback without
+    clear_refs: warm up at a tiny size, allocate the inputs, and take the ru_maxrss growth.
+    """
+    name, device = args._child, torch.device("cpu")
+    if _reset_peak_rss():
+        work = Workload(args.n, args.d, device, args.seed)
+        work.step(name)
+        work.clear_grads()
+        gc.collect()
+        _reset_peak_rss()
+        base_kib = _read_status_kib("VmRSS")
+        work.step(name)
+        growth_kib, method = _read_status_kib("VmHWM") - base_kib, "VmHWM after clear_refs"
+    else:
+        Workload(min(args.n, 64), args.d, device, args.seed).step(name)
+        gc.collect()
+        work = Workload(args.n, args.d, device, args.seed)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        work.step(name)
+        growth_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        method = "ru_maxrss growth"
+    print(json.dumps({"variant": name, "rss_growth_bytes": max(growth_kib, 0) * 1024, "method": method}))
+
+
+def rss_peaks(args, variants) -> tuple[dict[str, int], str]:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    peaks, methods = {}, set()
+    for name in variants:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", name, "--n", str(args.n),
+               "--d", str(args.d), "--seed", str(args.seed)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        if out.returncode != 0:
+            raise RuntimeError(f"memory child for {name} failed:\n{out.stderr}")
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        peaks[name] = row["rss_growth_bytes"]
+        methods.add(row["method"])
+    return peaks, ", ".join(sorted(methods))
+
+
+# ---------------------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=4096, help="batch size N = M (queries and keys)")
+    p.add_argument("--d", type=int, default=128, help="feature dimension D")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (15; 5 with --quick)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls per variant (2; 1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="fewer rounds, allocator memory only: < 1 minute")
+    p.add_argument("--memory", default=None, choices=("allocator", "both", "none"),
+                   help="allocator peak only, or also RSS in fresh subprocesses (CPU; default both, "
+                        "allocator with --quick)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", default=None, help="also write the JSON summary to PATH")
+    p.add_argument("--_child", default=None, choices=VARIANTS, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.n < 2 or args.d < 1:
+        p.error("--n must be >= 2 and --d >= 1")
+    if args.rounds is None:
+        args.rounds = 5 if args.quick else 15
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 2
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args._child:
+        _child(args)
+        return {}
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda: CUDA is not available")
+    memory = args.memory or ("allocator" if args.quick else "both")
+    if device.type == "cuda" and memory == "both":
+        memory = "allocator"  # host RSS says nothing about device memory
+
+    work = Workload(args.n, args.d, device, args.seed)
+    values = {name: work.step(name) for name in VARIANTS}  # also a first warm-up
+    times = measure_times(work, VARIANTS, args.rounds, max(args.warmup - 1, 0))
+    ref_t = times[REFERENCE]
+    ratios = {name: [t / r for t, r in zip(times[name], ref_t)] for name in VARIANTS}
+
+    peaks = rss = None
+    mem_method = "none"
+    if memory != "none":
+        peaks = {name: allocator_peak(work, name) for name in VARIANTS}
+        mem_method = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
+                      else "torch.profiler profile_memory (allocator events, peak of running sum)")
+    del work
+    gc.collect()
+    rss_method = None
+    if memory == "both":
+        rss, rss_method = rss_peaks(args, VARIANTS)
+
+    threads = torch.get_num_threads()
+    mib = 2.0 ** 20
+    print(f"Loss forward + backward vs InfoNCE: N = M = {args.n}, D = {args.d}, tau = {TAU}, device {device}, "
+          f"torch {torch.__version__}, {threads} threads, {args.rounds} rounds")
+    print(f"loss values: infonce {values['infonce']:.5f}  rcl_h1 {values['rcl_h1']:.5f}  "
+          f"rcl_h4 {values['rcl_h4']:.5f}  supcon_naive_h4 {values['supcon_naive_h4']:.5f}")
+    head = (f"{'variant':<16} {'ms (median)':>11} {'time ratio':>10} {'[p25, p75]':>14} {'peak MiB':>9} "
+            f"{'mem ratio':>9}")
+    if rss:
+        head += f" {'RSS MiB':>8} {'RSS ratio':>9}"
+    head += "  target"
+    print(head)
+    print("-" * len(head))
+    result = {"n": args.n, "m": args.n, "d": args.d, "device": str(device), "torch": torch.__version__,
+              "threads": threads, "rounds": args.rounds, "temperature": TAU, "memory_method": mem_method}
+    verdicts = {}
+    for name in VARIANTS:
+        tr = statistics.median(ratios[name])
+        row = (f"{name:<16} {1e3 * statistics.median(times[name]):>11.1f} {tr:>10.3f} "
+               f"[{quantile(ratios[name], 0.25):.2f}, {quantile(ratios[name], 0.75):.2f}]".ljust(55))
+        result[f"time_ms_{name}"] = 1e3 * statistics.median(times[name])
+        mr = None
+        if peaks:
+            mr = peaks[name] / peaks[REFERENCE]
+            row += f" {peaks[name] / mib:>9.1f} {mr:>9.3f}"
+            result[f"peak_bytes_{name}"] = peaks[name]
+        if rss:
+            rr = rss[name] / rss[REFERENCE] if rss[REFERENCE] > 0 else float("nan")
+            row += f" {rss[name] / mib:>8.1f} {rr:>9.3f}"
+            result[f"rss_growth_bytes_{name}"] = rss[name]
+            if name != REFERENCE:
+                result[f"loss_memory_ratio_rss_{SHORT[name]}_vs_infonce"] = rr
+        if name != REFERENCE:
+            result[f"loss_time_ratio_{SHORT[name]}_vs_infonce"] = tr
+            if mr is not None:
+                result[f"loss_memory_ratio_{SHORT[name]}_vs_infonce"] = mr
+        if name in TARGETS:
+            t_target, m_target = TARGETS[name]
+            ok_t = tr <= t_target
+            ok_m = None if mr is None else mr <= m_target
+            verdicts[name] = {"time": ok_t, "memory": ok_m}
+            row += (f"  time <= {t_target}x {'met' if ok_t else 'MISSED'}, mem <= {m_target}x "
+                    f"{'-' if ok_m is None else 'met' if ok_m else 'MISSED'}")
+        elif name == REFERENCE:
+            row += "  (reference)"
+        else:
+            row += "  (information)"
+        print(row)
+    if rss_method:
+        print(f"memory: {mem_method}; RSS cross-check: {rss_method}, one fresh subprocess per variant")
+    else:
+        print(f"memory: {mem_method}")
+    result["targets_met"] = verdicts
+    result["python"] = platform.python_version()
+    line = json.dumps(result, sort_keys=True)
+    if args.json:
+        Path(args.json).write_text(line + "\n")
+    print(line)
+    return result
+
+
+if __name__ == "__main__":
+    main()
