@@ -70,6 +70,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="start from this config.json (flags override it)")
     p.add_argument("--resume", action="store_true",
                    help="continue --run-dir from its checkpoint.pt, with its config.json (flags such as --epochs override)")
+    p.add_argument("--overwrite", action="store_true", help="start over in a --run-dir that already holds a run")
     add_config_flags(p)
     return p
 
@@ -87,7 +88,7 @@ def run_train(args: argparse.Namespace) -> int:
     config.validate()
     from rcl_core.trainer import train
 
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
     if result.get("status") == "stopped":
         print(f"stopped at step {result['step']} (epoch {result['epoch']:.2f}); checkpoint: {result['checkpoint']}\n"
               f"resume with: rcl train --resume --run-dir {config.run_dir}", file=sys.stderr)

@@ -167,10 +167,10 @@ class KMeansCriterion(Criterion):
         if self.centroids is None:
             raise RuntimeError("kmeans has not been fitted yet")
         x = F.normalize(features.float().cpu(), dim=1)
-        label = torch.cdist(x, self.centroids).argmin(1)
+        label = torch.cdist(x, self.centroids.cpu()).argmin(1)
         rows = [label]
         for parent in self.parents:
-            label = parent[label]
+            label = parent.cpu()[label]
             rows.append(label)
         return torch.stack(rows)
 
@@ -321,7 +321,7 @@ class OnlineHierarchicalClustering(Criterion):
         self.steps = state["steps"]
         if state["generator"] is not None:
             self.generator = torch.Generator(device=self.prototypes[0].device)
-            self.generator.set_state(state["generator"])
+            self.generator.set_state(state["generator"].cpu())
 
 
 _SPEC = re.compile(r"^(instance|gt|gt:.+|kmeans-\d+|proto-\d+)$")

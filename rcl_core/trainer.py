@@ -121,9 +121,12 @@ class Trainer:
         dataset: a loaded :class:`rcl_core.datasets.HierarchicalDataset` (loaded from the config if None).
         listeners: callables receiving :class:`Event` objects.
         resume: continue from ``run_dir/checkpoint.pt`` when it exists.
+        overwrite: start over in a ``run_dir`` that already holds a run (refused otherwise, so that an
+            earlier run is never lost by accident).
     """
 
-    def __init__(self, config: TrainConfig, dataset=None, listeners=(), resume: bool = False):
+    def __init__(self, config: TrainConfig, dataset=None, listeners=(), resume: bool = False,
+                 overwrite: bool = False):
         self.config = config.validate()
         if dataset is None:
             from rcl_core.datasets import load_dataset
@@ -167,6 +170,10 @@ class Trainer:
             self.metrics.truncate_after(self.step)
             self.resumed = True
         elif not resume:
+            earlier = [n for n in ("metrics.jsonl", CHECKPOINT) if (self.run_dir / n).exists()]
+            if earlier and not overwrite:
+                raise ValueError(f"run_dir {self.run_dir} already holds a run ({', '.join(earlier)}): resume it "
+                                 f"(--resume) or start it over (--overwrite)")
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             for stale in ("summary.json", "eval.npz", CHECKPOINT):
                 (self.run_dir / stale).unlink(missing_ok=True)
@@ -215,7 +222,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.criteria.load_state_dict(state["criteria"])
-        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # generator states are CPU byte tensors
         self.step = state["step"]
         self.wall_before = state.get("wall_seconds", 0.0)
 
@@ -281,8 +288,9 @@ class Trainer:
         cfg = self.config
         self._t0 = time.perf_counter()
         self._stop.clear()
-        if cfg.progress:
-            self.add_listener(ProgressBar(self.total_steps, self.step))
+        bar = ProgressBar(self.total_steps, self.step) if cfg.progress else None
+        if bar is not None:
+            self.add_listener(bar)
         if self.resumed:
             self.emit("resume", self.step / self.steps_per_epoch)
         previous = None
@@ -298,6 +306,9 @@ class Trainer:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+            if bar is not None:
+                bar.bar.close()
+                self.listeners.remove(bar)
 
     def _loop(self) -> dict:
         cfg, spe = self.config, self.steps_per_epoch
@@ -388,6 +399,6 @@ class Trainer:
         return summary
 
 
-def train(config: TrainConfig, resume: bool = False, listeners=(), dataset=None) -> dict:
+def train(config: TrainConfig, resume: bool = False, listeners=(), dataset=None, overwrite: bool = False) -> dict:
     """Train and evaluate one run (see :class:`Trainer`)."""
-    return Trainer(config, dataset=dataset, listeners=listeners, resume=resume).fit()
+    return Trainer(config, dataset=dataset, listeners=listeners, resume=resume, overwrite=overwrite).fit()

@@ -165,3 +165,14 @@ def test_tiny_dataset_smaller_than_batch(tmp_path):
     ds = tiny_dataset(n_train=6, n_test=4)
     s = train(small_config(tmp_path, criteria=["instance"], method="moco", batch_size=256, epochs=1), dataset=ds)
     assert s["status"] == "completed" and s["batch_size"] == 6
+
+
+def test_an_earlier_run_is_never_overwritten_by_accident(tmp_path):
+    ds = tiny_dataset()
+    train(small_config(tmp_path, stop_at_step=2), dataset=ds)
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="already holds a run.*--resume.*--overwrite"):
+        Trainer(small_config(tmp_path), dataset=ds)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+    s = train(small_config(tmp_path, epochs=1), dataset=ds, overwrite=True)
+    assert s["status"] == "completed" and s["steps"] == 3
