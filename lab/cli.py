@@ -44,6 +44,10 @@ def run_demo(args: argparse.Namespace) -> int:
     for label, config in demo_configs(out, **overrides).items():
         print(f"== {label}: {config.method} on {config.dataset}, {config.epochs} epochs -> {config.run_dir}",
               file=sys.stderr)
+        saved = Path(config.run_dir) / "config.json"
+        if saved.exists() and TrainConfig.load(saved).to_dict() | {"progress": config.progress} != config.to_dict():
+            raise ValueError(f"{config.run_dir} holds a demo run with other settings (budget, seed or device); "
+                             f"run `rcl demo --fresh` to start over")
         # resume=True: a demo interrupted with Ctrl-C continues where it stopped when run again.
         result = train(config, resume=True)
         if result.get("status") == "stopped":

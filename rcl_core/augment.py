@@ -22,6 +22,8 @@ class AugmentConfig:
     brightness: float = 0.3
     contrast: float = 0.3
     colour: float = 0.0  # strength of a random per-sample colour mixing (RGB only)
+    channel_shuffle: float = 0.0  # probability of permuting the RGB channels
+    invert: float = 0.0  # probability of inverting the image (1 - x)
     grayscale: float = 0.0
     blur: float = 0.0  # probability of a 3x3 Gaussian blur
     noise_std: float = 0.05
@@ -33,9 +35,12 @@ PRESETS: dict[str, AugmentConfig] = {
     # Handwriting: no flips (a flipped 2 is not a 2), mild geometry.
     "digits": AugmentConfig(),
     # Generated shapes: rotation and flips are nuisances the representation should ignore.
+    # Generated shapes: rotation and flips are nuisances the representation should ignore, and so is
+    # colour: two views of one image share its foreground and background colours, so without strong
+    # colour changes instance discrimination is solved by colour alone and shape is never learned.
     "shapes": AugmentConfig(rotation_deg=180.0, scale=(0.75, 1.2), translate=0.2, shear=0.1, hflip=0.5,
-                            brightness=0.4, contrast=0.4, colour=0.6, grayscale=0.2, blur=0.2,
-                            noise_std=0.04, cutout=0.25, cutout_size=0.25),
+                            brightness=0.4, contrast=0.4, colour=0.8, channel_shuffle=0.8, invert=0.3,
+                            grayscale=0.3, blur=0.2, noise_std=0.04, cutout=0.25, cutout_size=0.25),
     "natural": AugmentConfig(rotation_deg=10.0, scale=(0.6, 1.3), translate=0.25, shear=0.05, hflip=0.5,
                              brightness=0.4, contrast=0.4, colour=0.5, grayscale=0.2, blur=0.5,
                              noise_std=0.02, cutout=0.0),
@@ -84,6 +89,14 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> 
         mix = torch.eye(3, device=dev, dtype=x.dtype) + cfg.colour * (torch.rand(b, 3, 3, generator=g, device=dev) - 0.5)
         mix = mix / mix.sum(2, keepdim=True).clamp_min(0.2)
         out = torch.einsum("bij,bjhw->bihw", mix, out)
+    if c == 3 and cfg.channel_shuffle > 0:
+        perm = torch.argsort(torch.rand(b, 3, generator=g, device=dev), dim=1)
+        shuffled = out.gather(1, perm[:, :, None, None].expand_as(out))
+        pick = (torch.rand(b, 1, 1, 1, generator=g, device=dev) < cfg.channel_shuffle)
+        out = torch.where(pick, shuffled, out)
+    if cfg.invert > 0:
+        pick = (torch.rand(b, 1, 1, 1, generator=g, device=dev) < cfg.invert)
+        out = torch.where(pick, 1 - out.clamp(0, 1), out)
     if c == 3 and cfg.grayscale > 0:
         gray = out.mean(1, keepdim=True).expand_as(out)
         pick = (torch.rand(b, 1, 1, 1, generator=g, device=dev) < cfg.grayscale)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -107,12 +108,23 @@ def main(argv=None) -> int:
 
 
 def guarded(fn, args) -> int:
-    """Turn a bad config or input into one clear line and exit code 2 instead of a traceback."""
+    """Turn a bad config or input into one clear line and exit code 2 instead of a traceback; anything
+    unexpected into one line and exit code 1 (``RCL_DEBUG=1`` shows its traceback)."""
     try:
         return fn(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except KeyboardInterrupt:
+        print("rcl: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ImportError, FloatingPointError) as e:
+        if os.environ.get("RCL_DEBUG"):
+            raise
         print(f"rcl: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
+        if os.environ.get("RCL_DEBUG"):
+            raise
+        print(f"rcl: error: {type(e).__name__}: {e} (set RCL_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

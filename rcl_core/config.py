@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +78,27 @@ class TrainConfig:
             return ["instance"]
         return ["instance", "proto-64", "proto-16"]
 
-    def validate(self) -> "TrainConfig":
-        """Raise ``ValueError`` naming the field for any impossible value; return self."""
+    def _check_types(self) -> None:
+        """Each field holds the type its annotation says (a JSON config can hold anything)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            ok = _is_instance(value, hint)
+            if not ok:
+                raise ValueError(f"{f.name} must be {_describe(hint)}, got {value!r}")
+
+    def validate(self, criteria_names: list[str] | None = None) -> "TrainConfig":
+        """Raise ``ValueError`` naming the field for any impossible value; return self.
+
+        ``criteria_names``: the expanded criteria (``gt`` becomes one name per ground-truth level), when
+        known, to check the counts of weights and thresholds against.
+        """
+        self._check_types()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ValueError(f"{f.name} must be finite, got {value!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.form not in FORMS:
@@ -89,16 +110,22 @@ class TrainConfig:
             raise ValueError(f"criteria must start with 'instance' (finest first), got {crit}")
         if len(set(crit)) != len(crit):
             raise ValueError(f"criteria must not repeat, got {crit}")
+        # "gt" stands for every ground-truth level: counts are known once the dataset is.
+        names = criteria_names if criteria_names is not None else (None if "gt" in crit else crit)
         if self.weights is not None:
-            if len(self.weights) != len(crit):
-                raise ValueError(f"weights must have one value per criterion ({len(crit)}: {crit}), "
+            if names is not None and len(self.weights) != len(names):
+                raise ValueError(f"weights must have one value per criterion ({len(names)}: {names}), "
                                  f"got {len(self.weights)}")
             if any((not w >= 0) for w in self.weights) or sum(self.weights) <= 0:
                 raise ValueError(f"weights must be >= 0 with a positive sum, got {self.weights}")
         if self.form == "sigmoid":
-            if self.thresholds is None or len(self.thresholds) != len(crit):
-                raise ValueError(f"thresholds must give one value per criterion ({len(crit)}) for "
-                                 f"form='sigmoid', got {self.thresholds}")
+            if self.thresholds is None or (names is not None and len(self.thresholds) != len(names)):
+                raise ValueError(f"thresholds must give one value per criterion ({len(names or crit)}: "
+                                 f"{names or crit}) for form='sigmoid', got {self.thresholds}")
+        elif self.thresholds is not None:
+            raise ValueError("thresholds apply to form='sigmoid' only")
+        if not 0 <= self.seed < 2 ** 31 or not 0 <= self.data_seed < 2 ** 31:
+            raise ValueError(f"seed and data_seed must be in [0, 2**31), got {self.seed}, {self.data_seed}")
         positive = {"temperature": self.temperature, "epochs": self.epochs, "batch_size": self.batch_size,
                     "lr": self.lr, "width": self.width, "feature_dim": self.feature_dim,
                     "hidden_dim": self.hidden_dim, "predictor_dim": self.predictor_dim,
@@ -126,6 +153,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"a config must be a JSON object of fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -137,4 +166,30 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read config {path}: {e}") from e
+        return cls.from_dict(data)
+
+
+def _is_instance(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        return any(_is_instance(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_is_instance(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")

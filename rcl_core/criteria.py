@@ -142,14 +142,15 @@ class KMeansCriterion(Criterion):
         if x.shape[0] < self.levels[0]:
             raise ValueError(f"kmeans-{self.levels[0]} needs at least {self.levels[0]} training samples, "
                              f"got {x.shape[0]}")
-        km = KMeans(self.levels[0], n_init=1, random_state=self.seed * 1000 + epoch).fit(x)
+        state = (self.seed * 1000 + epoch) % (2 ** 32 - 1)
+        km = KMeans(self.levels[0], n_init=1, random_state=state).fit(x)
         label = km.labels_
         rows = [label]
         centroids, weight = km.cluster_centers_, np.bincount(label, minlength=self.levels[0]).astype(float)
         self.centroids = torch.as_tensor(centroids, dtype=torch.float32)
         self.parents = []
         for k in self.levels[1:]:
-            upper = KMeans(k, n_init=3, random_state=self.seed * 1000 + epoch).fit(centroids, sample_weight=weight + 1e-6)
+            upper = KMeans(k, n_init=3, random_state=state).fit(centroids, sample_weight=weight + 1e-6)
             parent = upper.labels_
             self.parents.append(torch.as_tensor(parent, dtype=torch.long))
             label = parent[label]
@@ -297,6 +298,11 @@ class OnlineHierarchicalClustering(Criterion):
         return labels
 
     def observe(self, indices, keys):
+        if keys.dim() != 2 or indices.shape != (keys.shape[0],):
+            raise ValueError(f"keys must be (B, D) with indices (B,); got {tuple(keys.shape)} and {tuple(indices.shape)}")
+        if not torch.isfinite(keys).all():
+            raise FloatingPointError("online clustering got NaN or Inf keys: training has diverged "
+                                     "(lower --lr or raise --temperature)")
         if not self.prototypes:
             self._init(F.normalize(keys.float(), dim=1))
         self._last = (indices, self._label(keys, indices, update=True))
@@ -328,21 +334,24 @@ _SPEC = re.compile(r"^(instance|gt|gt:.+|kmeans-\d+|proto-\d+)$")
 
 
 class CriteriaSet:
-    """The criteria of a run, built from spec strings (see the module docstring), fine -> coarse.
+    """The criteria of a run, built from spec strings (see the module docstring).
 
+    ``names`` keeps the order the specs were given in (``gt`` expands in place to one name per
+    ground-truth level), and that order is the order of the label rows, of weights and of thresholds.
     ``labels(indices, epoch)`` returns ``(labels (H_active, B), names, positions)`` for the criteria that
-    are switched on at ``epoch``; ``positions`` index the full list (to pick their weights).
+    are switched on at ``epoch``; ``positions`` index ``names`` (to pick their weights).
     """
 
     def __init__(self, specs: Sequence[str], level_table: torch.Tensor | None = None,
                  level_names: Sequence[str] = (), warmup_epochs: float = 0.0, seed: int = 0, **clustering):
         specs = list(specs)
-        bad = [s for s in specs if not _SPEC.match(s)]
+        bad = [s for s in specs if not isinstance(s, str) or not _SPEC.match(s)]
         if bad:
-            raise ValueError(f"unknown criteria {bad}: use instance, gt, gt:LEVEL, kmeans-K or proto-K")
+            raise ValueError(f"unknown criteria {bad}: use instance, gt, gt:LEVEL, kmeans-K or proto-K (K >= 2)")
         if not specs or specs[0] != "instance":
             raise ValueError(f"criteria must start with 'instance', got {specs}")
         self.criteria: list[Criterion] = [InstanceCriterion()]
+        names: list[str] = ["instance"]
         groups: dict[str, list[int]] = {"kmeans": [], "proto": []}
         for s in specs[1:]:
             if s == "instance":
@@ -350,24 +359,33 @@ class CriteriaSet:
             if s.startswith("gt"):
                 if level_table is None:
                     raise ValueError("ground-truth criteria need the dataset's levels")
-                names = list(level_names)
-                chosen = names if s == "gt" else [s[3:]]
-                missing = [n for n in chosen if n not in names]
+                available = list(level_names)
+                chosen = available if s == "gt" else [s[3:]]
+                missing = [n for n in chosen if n not in available]
                 if missing:
-                    raise ValueError(f"unknown ground-truth level {missing}; the dataset has {names}")
-                rows = [names.index(n) for n in chosen]
-                self.criteria.append(GroundTruthCriterion(level_table[rows], chosen))
+                    raise ValueError(f"unknown ground-truth level {missing}; the dataset has {available}")
+                gt = GroundTruthCriterion(level_table[[available.index(n) for n in chosen]], chosen)
+                self.criteria.append(gt)
+                names += gt.names
             else:
                 kind, k = s.split("-")
                 groups[kind].append(int(k))
+                names.append(s)
         if groups["kmeans"]:
             self.criteria.append(KMeansCriterion(groups["kmeans"], warmup_epochs, seed))
         if groups["proto"]:
             self.criteria.append(OnlineHierarchicalClustering(groups["proto"], warmup_epochs=warmup_epochs, seed=seed,
                                                               **clustering))
-        self.names = [n for c in self.criteria for n in c.names]
-        if len(set(self.names)) != len(self.names):
-            raise ValueError(f"criteria repeat: {self.names}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"criteria repeat: {names}")
+        self.names = names
+
+    def check_dataset_size(self, n: int) -> None:
+        """Clusterings need at least as many training samples as clusters; say so before training."""
+        for c in self.learned:
+            if c.levels[0] > n:
+                raise ValueError(f"{c.names[0]} asks for {c.levels[0]} clusters but the training set has only "
+                                 f"{n} samples; use a smaller K")
 
     @property
     def learned(self) -> list[Criterion]:
@@ -389,25 +407,26 @@ class CriteriaSet:
             c.on_epoch_start(epoch, once)
 
     def labels(self, indices: torch.Tensor, epoch: float):
-        rows, names, positions, pos = [], [], [], 0
+        by_name = {}
         for c in self.criteria:
             if c.active(epoch):
-                rows.append(c.labels(indices))
-                names += c.names
-                positions += list(range(pos, pos + len(c.names)))
-            pos += len(c.names)
-        return torch.cat(rows), names, positions
+                by_name.update(zip(c.names, c.labels(indices)))
+        positions = [i for i, n in enumerate(self.names) if n in by_name]
+        names = [self.names[i] for i in positions]
+        return torch.stack([by_name[n] for n in names]), names, positions
 
     def predict(self, features: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         """Names and labels (C, N) of the learned criteria for new samples' key features."""
-        names, rows = [], []
+        by_name = {}
         for c in self.learned:
             try:
-                rows.append(c.predict(features).cpu())
+                by_name.update(zip(c.names, c.predict(features).cpu()))
             except RuntimeError:
                 continue  # not fitted yet (e.g. a run stopped inside the warm-up)
-            names += c.names
-        return names, (torch.cat(rows) if rows else torch.zeros(0, features.shape[0], dtype=torch.long))
+        # Fine -> coarse within the learned criteria, whatever order the specs gave.
+        names = sorted(by_name, key=lambda n: -int(n.split("-")[1]))
+        rows = [by_name[n] for n in names]
+        return names, (torch.stack(rows) if rows else torch.zeros(0, features.shape[0], dtype=torch.long))
 
     def state_dict(self):
         return {"names": self.names, "criteria": [c.state_dict() for c in self.criteria]}

@@ -30,7 +30,9 @@ def knn_top1(train_features: torch.Tensor, train_labels: torch.Tensor, test_feat
     for start in range(0, test.shape[0], 1024):
         sim = test[start:start + 1024] @ train.T
         top, idx = sim.topk(k, dim=1)
-        votes = torch.zeros(sim.shape[0], classes).scatter_add_(1, train_labels[idx], torch.exp(top / temperature))
+        # Shifting by the row's best similarity leaves the vote unchanged and keeps exp() finite at small T.
+        weight = torch.exp((top - top[:, :1]) / temperature)
+        votes = torch.zeros(sim.shape[0], classes).scatter_add_(1, train_labels[idx], weight)
         correct += int((votes.argmax(1) == test_labels[start:start + 1024].long()).sum())
     return correct / test.shape[0]
 

@@ -25,6 +25,8 @@ key sums in O((N + M) D) per criterion; the only N x M tensor is the one InfoNCE
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Iterable, Sized
+from numbers import Real
 from typing import Sequence
 
 import torch
@@ -87,6 +89,12 @@ def _check_features(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} contains zero vectors, which cannot be normalised")
 
 
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise rows of any finite norm: dividing by the row's max first keeps the squared norm from
+    overflowing (norms above ~1e19 in float32) or vanishing under normalize's eps (norms below ~1e-12)."""
+    return F.normalize(x / x.abs().amax(1, keepdim=True), dim=1)
+
+
 def _check_labels(name: str, labels: torch.Tensor, batch: int, criteria: int | None) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be an integer torch.Tensor of shape (criteria, batch), "
@@ -111,10 +119,21 @@ def _as_weights(weights, criteria: int, like: torch.Tensor) -> torch.Tensor:
     return w
 
 
+def _floats(name: str, values) -> list[float]:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().flatten().tolist()
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a sequence of numbers (one per criterion), got {values!r}")
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a sequence of numbers (one per criterion), got {values!r}") from None
+
+
 def validate_weights(weights: Sequence[float] | None) -> None:
     if weights is None:
         return
-    w = [float(v) for v in weights]
+    w = _floats("weights", weights)
     if not w or any(not (v >= 0 and v < float("inf")) for v in w) or sum(w) <= 0:
         raise ValueError(f"weights must be finite, >= 0, with a positive sum, got {list(weights)}")
 
@@ -124,10 +143,10 @@ def validate_thresholds(thresholds: Sequence[float] | None, form: str) -> None:
         if thresholds is not None:
             raise ValueError("thresholds apply to form='sigmoid' only; pass thresholds=None for 'softmax'")
         return
-    if thresholds is None or len(thresholds) == 0:
+    if thresholds is None or (isinstance(thresholds, Sized) and len(thresholds) == 0):
         raise ValueError("thresholds are required for form='sigmoid': one per criterion, strictly decreasing "
                          "(finer criteria demand more similarity)")
-    t = [float(v) for v in thresholds]
+    t = _floats("thresholds", thresholds)
     if any(not (-1.0 <= v <= 1.0) for v in t):
         raise ValueError(f"thresholds must be cosine similarities in [-1, 1], got {t}")
     if any(a <= b for a, b in zip(t, t[1:])):
@@ -168,15 +187,17 @@ class RelativeContrastiveLoss(torch.nn.Module):
         super().__init__()
         self.temperature = temperature
         self.form = form
-        self.weights = None if weights is None else [float(w) for w in weights]
-        self.thresholds = None if thresholds is None else [float(t) for t in thresholds]
+        self.weights = None if weights is None else _floats("weights", weights)
+        self.thresholds = None if thresholds is None else _floats("thresholds", thresholds)
         self._check_params()
 
     def _check_params(self) -> None:
         if self.form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
-        if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < float("inf")):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, Real) or not 0 < float(t) < float("inf"):
+            raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
+        self.temperature = float(t)
         validate_weights(self.weights)
         validate_thresholds(self.thresholds, self.form)
 
@@ -209,8 +230,8 @@ class RelativeContrastiveLoss(torch.nn.Module):
             raise ValueError(f"thresholds must have one value per criterion ({h}), got {len(self.thresholds)}")
         # Half precision cannot hold logsumexp of 1/tau-scaled logits accurately.
         dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
-        q = F.normalize(query.to(dtype), dim=1)
-        k = q if self_contrast else F.normalize(key.to(dtype), dim=1)
+        q = _unit(query.to(dtype))
+        k = q if self_contrast else _unit(key.to(dtype))
         return q, k, labels_q.to(query.device), labels_k.to(query.device), self_contrast
 
     # ---------------------------------------------------------------- softmax form

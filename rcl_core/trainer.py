@@ -48,13 +48,27 @@ class Event:
 
 def select_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+        return torch.device("mps") if has_mps else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available here (torch {torch.__version__} "
+                             f"{'has no CUDA support' if torch.version.cuda is None else 'sees no GPU'}); "
+                             "use --device auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type == "mps" and not has_mps:
+        raise ValueError(f"device {name!r}: Apple's MPS is not available here; use --device auto or cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    return device
 
 
 class MetricsLog:
@@ -155,6 +169,8 @@ class Trainer:
             config.resolved_criteria(), dataset.train.levels, dataset.level_names, config.cluster_warmup_epochs,
             config.seed, epsilon=config.sinkhorn_epsilon, iterations=config.sinkhorn_iterations,
             momentum=config.prototype_momentum, unsure_threshold=config.unsure_threshold)
+        config.validate(self.criteria.names)
+        self.criteria.check_dataset_size(n)
         self.loss_fn = RelativeContrastiveLoss(config.temperature, config.form, config.weights, config.thresholds)
         self.augmentation = preset(dataset.augmentation)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
@@ -167,8 +183,14 @@ class Trainer:
         ckpt = self.run_dir / CHECKPOINT
         if resume and ckpt.exists():
             self._load_checkpoint(ckpt)
+            if self.step > self.total_steps:
+                raise ValueError(f"cannot resume {ckpt} at step {self.step} with epochs={config.epochs} "
+                                 f"({self.total_steps} steps): epochs must not shrink below what was trained")
             self.metrics.truncate_after(self.step)
             self.resumed = True
+        elif resume:
+            # Nothing was checkpointed: whatever a killed run logged cannot be continued.
+            self.metrics.truncate_after(0)
         elif not resume:
             earlier = [n for n in ("metrics.jsonl", CHECKPOINT) if (self.run_dir / n).exists()]
             if earlier and not overwrite:
@@ -211,8 +233,12 @@ class Trainer:
         return path
 
     def _load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        saved = dict(state["config"])
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+            saved = dict(state["config"])
+        except Exception as e:  # truncated, empty, not a checkpoint at all
+            raise ValueError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); delete it, or start over "
+                             f"with --overwrite") from e
         for key in ("epochs", "stop_at_step", "run_dir", "device", "progress", "eval_every", "checkpoint_every"):
             saved.pop(key, None)
         now = {k: v for k, v in self.config.to_dict().items() if k in saved}
@@ -254,6 +280,9 @@ class Trainer:
         use_amp = cfg.amp and self.device.type == "cuda"
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             q1, q2, k1, k2 = self.model(x1, x2)
+        if not bool(torch.isfinite(torch.stack([q1.sum(), k1.sum(), q2.sum(), k2.sum()])).all()):
+            raise FloatingPointError(f"training diverged at step {self.step}: the encoders output NaN or Inf "
+                                     f"(lower --lr, now {cfg.lr}, or raise --temperature, now {cfg.temperature})")
         keys = F.normalize(F.normalize(k1.float(), dim=1) + F.normalize(k2.float(), dim=1), dim=1)
         self.criteria.observe(indices, keys)
         labels, names, positions = self.criteria.labels(indices, epoch)
@@ -272,7 +301,8 @@ class Trainer:
         self.model.update_momentum(momentum_at(self.step / max(1, self.total_steps), cfg.momentum))
         values = torch.cat([loss.detach()[None], (parts_a + parts_b)]).tolist()
         if not math.isfinite(values[0]):
-            raise FloatingPointError(f"loss became {values[0]} at step {self.step}; lower lr or raise temperature")
+            raise FloatingPointError(f"training diverged at step {self.step}: the loss became {values[0]} "
+                                     f"(lower --lr, now {cfg.lr}, or raise --temperature, now {cfg.temperature})")
         return {"loss": values[0], "loss_per_criterion": dict(zip(names, values[1:])), "lr": lr}
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
@@ -325,10 +355,8 @@ class Trainer:
                 if i == spe - 1:
                     data["epoch_end"] = True
                 self.emit("step", epoch + (i + 1) / spe, **data)
-                if self._stop.is_set():
-                    return self._halt(self._stop_reason)
-                if cfg.stop_at_step and self.step >= cfg.stop_at_step:
-                    return self._halt("stop_at_step")
+                if i < spe - 1 and self._halting():
+                    return self._halt(self._halt_reason())
             done = epoch + 1
             results = {}
             if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.epochs:
@@ -337,9 +365,18 @@ class Trainer:
             if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
                 self.save_checkpoint()
                 self.emit("checkpoint", float(done))
+            # A stop on an epoch's last step first finishes the epoch (its record, evaluation, checkpoint).
+            if self._halting() and self.step < self.total_steps:
+                return self._halt(self._halt_reason())
         summary = self.evaluate()
         self.emit("end", float(cfg.epochs), **{k: summary[k] for k in ("knn_top1", "linear_top1")})
         return summary
+
+    def _halting(self) -> bool:
+        return self._stop.is_set() or bool(self.config.stop_at_step and self.step >= self.config.stop_at_step)
+
+    def _halt_reason(self) -> str:
+        return self._stop_reason if self._stop.is_set() else "stop_at_step"
 
     def _halt(self, reason: str) -> dict:
         path = self.save_checkpoint()

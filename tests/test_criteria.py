@@ -172,3 +172,27 @@ def test_criteria_set_rejects_bad_specs(specs, match):
     levels = torch.zeros(1, 10, dtype=torch.long)
     with pytest.raises(ValueError, match=match):
         CriteriaSet(specs, levels, ["fine"])
+
+
+def test_online_clustering_refuses_nan_keys():
+    x, _ = blobs()
+    ohc = OnlineHierarchicalClustering([8, 2], seed=0)
+    ohc.observe(torch.arange(10), x[:10])
+    bad = x[:10].clone()
+    bad[3, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="NaN"):
+        ohc.observe(torch.arange(10), bad)
+    assert all(torch.isfinite(p).all() for p in ohc.prototypes)
+
+
+def test_criteria_set_keeps_the_given_order():
+    levels = torch.stack([torch.arange(100) % 10, torch.arange(100) % 10 // 5])
+    cs = CriteriaSet(["instance", "proto-8", "gt", "kmeans-4"], levels, ["fine", "coarse"])
+    assert cs.names == ["instance", "proto-8", "gt:fine", "gt:coarse", "kmeans-4"]
+    x, _ = blobs(n_per=25, centers=4)
+    idx = torch.arange(30)
+    cs.observe(idx, x[idx])
+    labels, names, positions = cs.labels(idx, epoch=5.0)
+    # kmeans has not been fitted (no epoch start) so it is not active yet; the rest keep their order.
+    assert names == ["instance", "proto-8", "gt:fine", "gt:coarse"] and positions == [0, 1, 2, 3]
+    assert torch.equal(labels[2], levels[0, idx]) and torch.equal(labels[3], levels[1, idx])

@@ -280,3 +280,23 @@ def test_bad_inputs_raise_naming_the_argument(mutate, exc, match):
     args = mutate(*make_batch())
     with pytest.raises(exc, match=match):
         RelativeContrastiveLoss(0.2)(*args)
+
+
+def test_extreme_norms_are_normalised_exactly():
+    q, k, lq, lk = make_batch(seed=12)
+    fn = RelativeContrastiveLoss(0.2)
+    base = fn(q, k, lq, lk)
+    for scale in (1e20, 1e-30):
+        torch.testing.assert_close(fn(q * scale, k, lq, lk), base)
+        torch.testing.assert_close(fn(q, k * scale, lq, lk), base)
+
+
+def test_parameter_types_are_checked_by_name():
+    with pytest.raises(TypeError, match="weights"):
+        RelativeContrastiveLoss(0.2, weights="1,2")
+    with pytest.raises(TypeError, match="thresholds"):
+        RelativeContrastiveLoss(0.2, "sigmoid", thresholds=0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        RelativeContrastiveLoss(True)
+    import numpy as np
+    assert RelativeContrastiveLoss(np.float32(0.5)).temperature == 0.5

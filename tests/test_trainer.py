@@ -176,3 +176,82 @@ def test_an_earlier_run_is_never_overwritten_by_accident(tmp_path):
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
     s = train(small_config(tmp_path, epochs=1), dataset=ds, overwrite=True)
     assert s["status"] == "completed" and s["steps"] == 3
+
+
+def test_weights_follow_the_order_the_criteria_were_given_in(tmp_path):
+    # Mixed kinds out of any internal order; weights are read in the order given.
+    cfg = small_config(tmp_path, criteria=["instance", "proto-8", "gt:stroke"], weights=[1.0, 0.0, 2.0],
+                       cluster_warmup_epochs=0, epochs=1)
+    train(cfg, dataset=tiny_dataset())
+    for r in [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]:
+        parts = r["loss_per_criterion"]
+        assert list(parts) == ["instance", "proto-8", "gt:stroke"]
+        assert r["loss"] == pytest.approx(parts["instance"] + 2 * parts["gt:stroke"], rel=1e-5)
+
+
+def test_gt_expands_to_every_level_and_weights_count_the_levels(tmp_path):
+    ds = tiny_dataset()
+    s = train(small_config(tmp_path, criteria=["instance", "gt"], weights=[1.0, 0.5, 0.25], epochs=1), dataset=ds)
+    assert s["criteria"] == ["instance", "gt:stroke", "gt:family"]
+    with pytest.raises(ValueError, match="weights must have one value per criterion \\(3"):
+        Trainer(small_config(tmp_path / "x", criteria=["instance", "gt"], weights=[1.0, 1.0]), dataset=ds)
+
+
+def test_a_stop_on_an_epochs_last_step_keeps_its_record_and_evaluation(tmp_path):
+    ds = tiny_dataset()
+    train(small_config(tmp_path / "a"), dataset=ds)
+    train(small_config(tmp_path / "b", stop_at_step=3), dataset=ds)  # 3 steps per epoch
+    train(small_config(tmp_path / "b"), dataset=ds, resume=True)
+    a = [(r["step"], r["loss"], r.get("knn_top1")) for r in read_metrics(tmp_path / "a" / "run" / "metrics.jsonl") if "loss" in r]
+    b = [(r["step"], r["loss"], r.get("knn_top1")) for r in read_metrics(tmp_path / "b" / "run" / "metrics.jsonl") if "loss" in r]
+    assert [x[0] for x in b] == [x[0] for x in a] == list(range(1, 10))
+    assert [x[2] is not None for x in b] == [x[2] is not None for x in a]
+    for (_, la, ka), (_, lb, kb) in zip(a, b):
+        assert la == pytest.approx(lb, rel=1e-6, abs=1e-7)
+        assert ka == kb
+
+
+def test_resume_without_a_checkpoint_starts_over_without_duplicating_steps(tmp_path):
+    ds = tiny_dataset()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "epoch": 0.3, "loss": 1.0, "loss_per_criterion": {},
+                                                   "lr": 0.0}) + "\n")
+    train(small_config(tmp_path, epochs=1), dataset=ds, resume=True)
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r] == [1, 2, 3]
+
+
+def test_resume_refuses_fewer_epochs_than_were_trained(tmp_path):
+    ds = tiny_dataset()
+    train(small_config(tmp_path, epochs=2), dataset=ds)
+    with pytest.raises(ValueError, match="epochs must not shrink"):
+        Trainer(small_config(tmp_path, epochs=1), dataset=ds, resume=True)
+
+
+def test_a_corrupt_checkpoint_is_reported_not_raised_raw(tmp_path):
+    ds = tiny_dataset()
+    train(small_config(tmp_path, stop_at_step=2), dataset=ds)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        Trainer(small_config(tmp_path), dataset=ds, resume=True)
+
+
+def test_more_clusters_than_samples_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="proto-64 asks for 64 clusters but the training set has only 48"):
+        Trainer(small_config(tmp_path, criteria=["instance", "proto-64"]), dataset=tiny_dataset())
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(amp="no"), "amp must be bool"),
+    (dict(epochs=True), "epochs must be int"),
+    (dict(batch_size=64.5), "batch_size must be int"),
+    (dict(lr=float("inf")), "lr must be finite"),
+    (dict(warmup_epochs=float("nan")), "warmup_epochs must be finite"),
+    (dict(seed=-1), "seed"),
+    (dict(device="tpu"), "device must be"),
+    (dict(device="cuda:7"), "CUDA|cuda"),
+])
+def test_config_types_and_devices_are_checked(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        Trainer(small_config(tmp_path, **kw), dataset=tiny_dataset())
