@@ -51,7 +51,8 @@ def run_demo(args: argparse.Namespace) -> int:
         # resume=True: a demo interrupted with Ctrl-C continues where it stopped when run again.
         result = train(config, resume=True)
         if result.get("status") == "stopped":
-            print(f"stopped at step {result['step']}; run `rcl demo` again to continue", file=sys.stderr)
+            again = " ".join(["rcl", *(a for a in sys.argv[1:] if a != "--fresh")]) if sys.argv[1:2] == ["demo"] else "rcl demo"
+            print(f"stopped at step {result['step']}; run `{again}` again to continue", file=sys.stderr)
             return 130
         summaries[label] = result
     report = write_report({label: c.run_dir for label, c in demo_configs(out, **overrides).items()},
@@ -60,10 +61,10 @@ def run_demo(args: argparse.Namespace) -> int:
         write_report({config.method: config.run_dir}, Path(config.run_dir) / "report.html",
                      title=f"RCL Lab: {config.method} on {config.dataset}")
     moco, rcl = summaries["MoCo v3"], summaries["RCL"]
-    print(f"\n{'':10s}{'kNN top-1':>11s}{'linear top-1':>14s}{'NMI':>7s}")
+    print(f"\n{'':10s}{'kNN top-1':>11s}{'linear top-1':>14s}{'NMI k-means':>13s}")
     for label, s in summaries.items():
         level = s["level_names"][0]
-        print(f"{label:10s}{s['knn_top1']:11.3f}{s['linear_top1']:14.3f}{s['nmi'][level]:7.3f}")
+        print(f"{label:10s}{s['knn_top1']:11.3f}{s['linear_top1']:14.3f}{s['nmi'][level]:13.3f}")
     print(f"\nreport: {report.resolve()}\ntotal time: {time.perf_counter() - t0:.0f} s")
     print(json.dumps({"moco_knn_top1": moco["knn_top1"], "rcl_knn_top1": rcl["knn_top1"],
                       "rcl_at_least_moco": rcl["knn_top1"] >= moco["knn_top1"]}))

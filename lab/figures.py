@@ -220,15 +220,20 @@ def _levels(summaries: Mapping[str, Mapping[str, Any]], key: str) -> list[str]:
 
 
 def _source_text(source) -> str | None:
-    """``nmi_source`` is one string or a dict level -> what was scored; one line either way."""
+    """``learned_nmi_source`` is one string or a dict level -> criterion scored; one line either way."""
     if not isinstance(source, Mapping):
         return source
     values = list(dict.fromkeys(map(str, source.values())))
     return values[0] if len(values) == 1 else "; ".join(f"{lv}: {v}" for lv, v in source.items())
 
 
+def _lines(text: str, width: float) -> int:
+    """Rows a cell of ``text`` wraps to in a column of relative ``width`` (about 11 characters a unit)."""
+    return max(1, math.ceil(len(text) / max(1.0, 11 * width)))
+
+
 def results_table(summaries: Mapping[str, Mapping[str, Any] | None], title: str = "Results") -> go.Figure:
-    """A table with one row per run: method, dataset, steps, kNN/linear top-1, per-level kNN, NMI, time.
+    """A table with one row per run: method, dataset, criteria, steps, kNN/linear top-1, NMI, time.
 
     Parameters
     ----------
@@ -242,18 +247,25 @@ def results_table(summaries: Mapping[str, Mapping[str, Any] | None], title: str 
     -------
     go.Figure
         One ``go.Table``. Numbers are formatted to 3 decimals (counts as integers). Per-level columns
-        are the union of levels over runs, finest first: ``kNN · <level>`` is kNN top-1 against that
-        ground-truth level, ``NMI · <level>`` the agreement of the learned criteria with it
-        (``nmi_source`` says which criterion was scored). The run name is written in the run's colour.
+        are the union of levels over runs, finest first: ``kNN · <level>`` (only when some dataset has
+        more than one level) is kNN top-1 against that ground-truth level; ``NMI k-means · <level>``
+        is k-means (as many clusters as the level has classes) on the test features — the same measure
+        for every run; ``NMI learned · <level>`` scores the run's own learned criterion (``learned by``
+        names it), for runs that learn criteria. The run name is written in the run's colour.
     """
     names = list(summaries)
     colours = run_colors(names)
     knn_levels = _levels(summaries, "knn_top1_per_level")
+    if len(knn_levels) < 2:
+        knn_levels = []  # one level: "kNN top-1" already is that level's kNN
     nmi_levels = _levels(summaries, "nmi")
+    learned_levels = _levels(summaries, "learned_nmi")
 
     header = ["run", "method", "dataset", "criteria", "steps", "kNN top-1", "linear top-1"]
-    header += [f"kNN · {lv}" for lv in knn_levels] + [f"NMI · {lv}" for lv in nmi_levels]
-    header += ["NMI source", "wall s"]
+    header += [f"kNN · {lv}" for lv in knn_levels] + [f"NMI k-means · {lv}" for lv in nmi_levels]
+    header += [f"NMI learned · {lv}" for lv in learned_levels]
+    header += ["learned by"] if learned_levels else []
+    header += ["wall s"]
     rows = []
     for name in names:
         s = summaries[name] or {}
@@ -263,20 +275,30 @@ def results_table(summaries: Mapping[str, Mapping[str, Any] | None], title: str 
                s.get("knn_top1"), s.get("linear_top1")]
         row += [(s.get("knn_top1_per_level") or {}).get(lv) for lv in knn_levels]
         row += [(s.get("nmi") or {}).get(lv) for lv in nmi_levels]
-        row += [_source_text(s.get("nmi_source")), s.get("wall_seconds")]
+        row += [(s.get("learned_nmi") or {}).get(lv) for lv in learned_levels]
+        row += [_source_text(s.get("learned_nmi_source")) or None] if learned_levels else []
+        row += [s.get("wall_seconds")]
         rows.append([_fmt(v) for v in row])
 
     columns = [list(col) for col in zip(*rows)] if rows else [[] for _ in header]
     numeric_from = 4
     fill = [["#ffffff" if i % 2 == 0 else "#f3f5f9" for i in range(len(rows))]] * len(header)
     font_colours = [[colours[n] for n in names]] + [["#222222"] * len(rows)] * (len(header) - 1)
-    widths = [1.6, 0.8, 0.9, 2.0, 0.7, 0.9, 0.9] + [0.9] * (len(knn_levels) + len(nmi_levels)) + [1.1, 0.8]
+    widths = [1.6, 0.8, 0.9, 2.0, 0.7, 0.9, 0.9] + [0.9] * (len(knn_levels) + len(nmi_levels) + len(learned_levels))
+    widths += [1.0] if learned_levels else []
+    widths += [0.8]
+    align = ["left"] * numeric_from + ["right"] * (len(header) - numeric_from)
+    if learned_levels:
+        align[-2] = "left"
+    # Rows grow with wrapped text; size the figure to them so no row is cut off.
+    heights = [22 + 17 * max(_lines(v, w) for v, w in zip(row, widths)) for row in rows]
+    header_lines = max(_lines(h, w) for h, w in zip(header, widths))
+    header_h = 18 + 17 * header_lines
     fig = go.Figure(go.Table(
         header=dict(values=[f"<b>{html.escape(h)}</b>" for h in header], fill_color="#2f3b52",
-                    font=dict(color="white", size=13), align="center", height=34),
+                    font=dict(color="white", size=13), align="center", height=header_h),
         cells=dict(values=columns, fill_color=fill, font=dict(color=font_colours, size=13), height=30,
-                   align=["left"] * numeric_from + ["right"] * (len(header) - numeric_from - 2)
-                   + ["left", "right"]),
+                   align=align),
         columnwidth=widths,
     ))
     if not rows:
@@ -284,7 +306,7 @@ def results_table(summaries: Mapping[str, Mapping[str, Any] | None], title: str 
     top = 56 if title else 8
     # a Table does not shrink to its rows: size the figure to header + rows, or it pads with blank space
     fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT,
-                      height=top + 34 + 30 * max(1, len(rows)) + 28, margin=dict(l=10, r=10, t=top, b=8))
+                      height=top + header_h + sum(heights or [30]) + 28, margin=dict(l=10, r=10, t=top, b=8))
     return fig
 
 
@@ -534,8 +556,11 @@ def _sunburst_nodes(raw: np.ndarray, names: list[str], true: np.ndarray, class_n
             node = "/".join(str(v) for v in path)
             ids.append(node)
             parents.append("/".join(str(v) for v in path[:-1]))
-            labels.append(_cluster_label(path[-1]))
             n = int(counts[p].sum())
+            # Inner ring: the coarse cluster's id (as on the heatmap's rows); outer rings: the class a finer
+            # cluster mostly holds, so the two levels cannot be confused.
+            labels.append(_cluster_label(path[-1]) if depth == 0 else
+                          _class_name(class_ids[int(counts[p].argmax())], class_names) if n else "")
             values.append(n)
             purity.append(float(counts[p].max() / n) if n else 0.0)
             hover.append(f"{html.escape(crit)} {_cluster_label(path[-1])}: {n} samples<br>"

@@ -240,13 +240,22 @@ def build_report_html(runs: Sequence[RunData], title: str = "RCL Lab — trainin
     sections.append("<h2>Results</h2>")
     table = figures.results_table({r.name: _summary_row(r) for r in runs}, title="")
     sections.append(fig_html(table, "fig-results", modebar=False))  # its modebar would cover the header
-    sections.append('<p class="muted">kNN: cosine k-nearest-neighbour vote on frozen backbone features; '
-                    "linear: a linear probe on the same features; NMI: agreement of the learned clusters "
-                    "with each ground-truth level (1 = identical partition).</p>")
+    sections.append('<p class="muted">kNN: cosine k-nearest-neighbour vote (k = 20) on frozen backbone '
+                    "features; linear: a logistic-regression probe on the same features. NMI (normalised mutual "
+                    "information, 1 = identical partition) against each ground-truth level: <i>k-means</i> "
+                    "clusters every run's test features into as many clusters as the level has classes, the "
+                    "same measure for all runs; <i>learned</i> scores the run's own learned criterion of the "
+                    "nearest granularity (named under <i>learned by</i>) — a criterion with more clusters "
+                    "than classes scores lower NMI even when its clusters are pure.</p>")
 
     sections.append("<h2>Training curves</h2>")
+    sections.append('<p class="muted">The total is MoCo v3\'s symmetric loss, summed over the criteria with '
+                    "their weights, so a run with more criteria has a larger total: compare runs on the "
+                    "per-criterion panel (the instance curve is the same InfoNCE in every run). Clustering "
+                    "criteria join the loss after a warm-up of instance-only training (<code>cluster_warmup_"
+                    "epochs</code>): their curves start there, and the total jumps.</p>")
     sections.append(fig_html(figures.loss_curves({r.name: r.metrics for r in runs},
-                                                      title="Loss: total (solid) and per criterion (dashed)"), "fig-loss"))
+                                                      title="Loss: total and per criterion"), "fig-loss"))
 
     with_eval = [r for r in runs if r.eval is not None and "test_features" in r.eval]
     sections.append("<h2>Test-set features (UMAP)</h2>")

@@ -18,12 +18,40 @@ from rcl_core.config import TrainConfig
 _HELP = {
     "method": "moco (instance criterion only) or rcl",
     "dataset": "digits, shapes, mnist5k or folder:PATH",
-    "criteria": "comma-separated, fine -> coarse: instance, proto-K, kmeans-K, gt, gt:LEVEL (default: per method)",
-    "weights": "comma-separated weight per criterion (default: all 1)",
+    "data_dir": "where generated datasets are cached",
+    "data_seed": "seed of generated datasets (shapes)",
+    "criteria": "comma-separated, instance first: proto-K (online clustering), kmeans-K, gt, gt:LEVEL; "
+                "empty = the method's default (rcl: instance,proto-64,proto-16)",
+    "weights": "comma-separated weight per criterion; empty = all 1",
+    "form": "softmax (sum of per-criterion SupCon losses) or sigmoid (pairwise thresholds)",
     "thresholds": "comma-separated cosine thresholds, strictly decreasing (form=sigmoid)",
+    "temperature": "tau of the loss",
+    "epochs": "training epochs (the learning-rate schedule spans them)",
+    "batch_size": "images per step (capped at the training set's size)",
+    "lr": "peak AdamW learning rate",
+    "weight_decay": "AdamW weight decay",
+    "warmup_epochs": "linear learning-rate warm-up, in epochs, then cosine decay",
+    "seed": "seed of initialisation, data order and augmentations",
+    "width": "channels of the backbone's first stage",
+    "feature_dim": "output size of projector and predictor",
+    "hidden_dim": "hidden size of the projector",
+    "predictor_dim": "hidden size of the predictor",
+    "momentum": "initial momentum of the momentum encoder (rises to 1 on a cosine)",
+    "cluster_warmup_epochs": "epochs of instance-only training before clustering criteria join the loss",
+    "sinkhorn_epsilon": "entropy of the Sinkhorn-Knopp assignment",
+    "sinkhorn_iterations": "Sinkhorn-Knopp iterations",
+    "prototype_momentum": "EMA factor of the prototypes",
+    "unsure_threshold": "assignment mass below which a sample agrees only with its own views (0 = off)",
     "device": "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps",
     "amp": "bf16 autocast on CUDA",
-    "stop_at_step": "halt with a checkpoint at this global step (resume with --resume)",
+    "run_dir": "where config, metrics, checkpoint and summary go",
+    "log_every": "write a metrics line every N steps (and at each epoch's end)",
+    "eval_every": "kNN evaluation every N epochs (0 = only at the end)",
+    "checkpoint_every": "checkpoint every N epochs (and on stop)",
+    "knn_k": "neighbours of the kNN evaluation",
+    "knn_temperature": "temperature of the kNN vote weights",
+    "progress": "show a progress bar",
+    "stop_at_step": "halt with a checkpoint at this global step (resume with --resume; 0 = never)",
 }
 
 
@@ -45,7 +73,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         default = getattr(defaults, f.name)
-        help_ = f"{_HELP.get(f.name, f.name.replace('_', ' '))} (default: {default})"
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        help_ = _HELP.get(f.name, f.name.replace("_", " ")) + ("" if shown in ([], "", None) else f" (default: {shown})")
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
         elif f.name == "criteria":
@@ -82,6 +111,10 @@ def run_train(args: argparse.Namespace) -> int:
         base = TrainConfig.load(args.config)
     elif args.resume:
         run_dir = Path(getattr(args, "run_dir", TrainConfig().run_dir))
+        if not (run_dir / "checkpoint.pt").exists():
+            raise ValueError(f"nothing to resume in {run_dir}: it holds no checkpoint.pt (a run stopped before its "
+                             "first checkpoint cannot be continued); drop --resume to start a new run there "
+                             "(with --overwrite if it holds an earlier one)")
         if (run_dir / "config.json").exists():
             base = TrainConfig.load(run_dir / "config.json")
             base.stop_at_step = 0  # the stop point that halted it is done with; a new one must be given again

@@ -321,7 +321,7 @@ class Trainer:
         bar = ProgressBar(self.total_steps, self.step) if cfg.progress else None
         if bar is not None:
             self.add_listener(bar)
-        if self.resumed:
+        if self.resumed and self.step < self.total_steps:
             self.emit("resume", self.step / self.steps_per_epoch)
         previous = None
         if threading.current_thread() is threading.main_thread():
@@ -332,7 +332,11 @@ class Trainer:
                 self.request_stop("interrupt")
             previous = signal.signal(signal.SIGINT, on_sigint)
         try:
-            return self._loop()
+            result = self._loop()
+            if self._stop.is_set() and self._stop_reason == "interrupt" and result.get("status") == "completed":
+                # Ctrl-C arrived during the final evaluation: the run is complete and written; still obey it.
+                raise KeyboardInterrupt
+            return result
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -406,23 +410,23 @@ class Trainer:
             for level, truth in zip(ds.level_names, ds.test.levels.numpy()):
                 agree = clustering_agreement(row, truth)
                 criteria_nmi[name][level], criteria_ari[name][level] = agree["nmi"], agree["ari"]
-        nmi, ari, source = {}, {}, {}
+        # "nmi"/"ari": k-means with the level's class count on the test features — the same measure for
+        # every run. "learned_nmi"/"learned_ari": the learned criterion whose cluster count is nearest the
+        # level's class count (chosen without looking at test labels), for runs that learn criteria.
+        learned_nmi, learned_ari, source = {}, {}, {}
         for row, level in enumerate(ds.level_names):
             classes = len(ds.class_names[row])
             if names:
-                # The learned criterion of the granularity nearest the level's class count (chosen without
-                # looking at test labels).
                 best = min(names, key=lambda n: abs(int(n.split("-")[1]) - classes))
-                nmi[level], ari[level], source[level] = criteria_nmi[best][level], criteria_ari[best][level], best
-            else:
-                nmi[level], ari[level] = results["kmeans_nmi"][level], results["kmeans_ari"][level]
-                source[level] = f"kmeans-{classes} on features"
+                learned_nmi[level], learned_ari[level] = criteria_nmi[best][level], criteria_ari[best][level]
+                source[level] = best
         summary = {
             "status": "completed", "method": cfg.method, "dataset": ds.name, "epochs": cfg.epochs,
             "steps": self.step, "batch_size": self.batch_size, "criteria": self.criteria.names,
             "knn_top1": results["knn_top1"], "linear_top1": results["linear_top1"],
-            "knn_top1_per_level": results["knn_top1_per_level"], "nmi": nmi, "ari": ari, "nmi_source": source,
-            "kmeans_nmi": results["kmeans_nmi"], "kmeans_ari": results["kmeans_ari"],
+            "knn_top1_per_level": results["knn_top1_per_level"],
+            "nmi": results["kmeans_nmi"], "ari": results["kmeans_ari"],
+            "learned_nmi": learned_nmi, "learned_ari": learned_ari, "learned_nmi_source": source,
             "criteria_nmi": criteria_nmi, "criteria_ari": criteria_ari,
             "wall_seconds": round(self.wall_before + self._elapsed(), 2), "device": str(self.device),
             "level_names": list(ds.level_names),

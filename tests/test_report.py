@@ -72,9 +72,12 @@ def make_run(root: Path, name: str, method: str = "rcl", with_summary: bool = Tr
                    "knn_top1": 0.91234 if method == "rcl" else 0.85678, "linear_top1": 0.93456,
                    "knn_top1_per_level": {"digit": 0.91234, "parity": 0.95111},
                    "nmi": {"digit": 0.71717, "parity": 0.42424}, "ari": {"digit": 0.5, "parity": 0.3},
-                   "nmi_source": "proto-6", "criteria_nmi": {}, "criteria_ari": {}, "wall_seconds": 12.5,
+                   "criteria_nmi": {}, "criteria_ari": {}, "wall_seconds": 12.5,
                    "level_names": LEVELS, "class_names": {"digit": DIGIT_NAMES, "parity": PARITY_NAMES},
                    "device": "cpu"}
+        if method == "rcl":
+            summary.update(learned_nmi={"digit": 0.81818, "parity": 0.61616},
+                           learned_nmi_source={"digit": "proto-6", "parity": "proto-2"})
         (run / "summary.json").write_text(json.dumps(summary))
         facts["summary"] = summary
     return run, facts
@@ -162,8 +165,11 @@ def test_results_table_shows_summary_values(runs):
     assert cols["kNN top-1"] == ["0.912", "0.857", "–"]
     assert cols["linear top-1"] == ["0.935", "0.935", "–"]
     assert cols["kNN · parity"][:2] == ["0.951", "0.951"]
-    assert cols["NMI · digit"][:2] == ["0.717", "0.717"]
-    assert cols["NMI · parity"][:2] == ["0.424", "0.424"]
+    assert cols["NMI k-means · digit"][:2] == ["0.717", "0.717"]
+    assert cols["NMI k-means · parity"][:2] == ["0.424", "0.424"]
+    assert cols["NMI learned · digit"] == ["0.818", "–", "–"]
+    assert cols["NMI learned · parity"] == ["0.616", "–", "–"]
+    assert cols["learned by"] == ["digit: proto-6; parity: proto-2", "–", "–"]
     assert cols["wall s"] == ["12.500", "12.500", "–"]
     assert cols["steps"] == ["30", "30", "–"]
 
@@ -270,3 +276,12 @@ def test_write_report_accepts_a_list_and_names_runs_by_folder(runs, tmp_path):
         (runs["rcl"][0] / "metrics.jsonl").unlink()
         report.write_report([runs["rcl"][0]], tmp_path / "r2.html")
     assert not (tmp_path / "r2.html").exists()
+
+
+def test_results_table_grows_rows_for_wrapped_text():
+    short = figures.results_table({"a": {"criteria": ["instance"]}})
+    long = figures.results_table({"a": {"criteria": ["instance"] + [f"proto-{k}" for k in range(90, 10, -10)]}})
+    assert long.layout.height > short.layout.height
+    # One-level datasets: no per-level kNN column (it would repeat "kNN top-1").
+    one = figures.results_table({"a": {"knn_top1": 0.5, "knn_top1_per_level": {"digit": 0.5}}})
+    assert not any("kNN ·" in h for h in one.data[0].header.values)
