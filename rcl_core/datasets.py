@@ -353,16 +353,15 @@ def _load_digits() -> HierarchicalDataset:
     bunch = load_digits()
     # The bundled pixels are counts of set bits in 4x4 blocks of a 32x32 bitmap, hence 0..16.
     images = (bunch.data.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
-    y = bunch.target.astype(np.int64)
-    train, test = _make_splits(images, y[None], *_stratified_split(y, TEST_FRACTION))
-    return HierarchicalDataset(
-        name="digits",
-        train=train,
-        test=test,
-        level_names=["digit"],
-        class_names=[[str(d) for d in range(10)]],
-        augmentation="digits",
-    )
+    return _handwritten_digits("digits", images, bunch.target, TEST_FRACTION)
+
+
+def _handwritten_digits(name: str, images: np.ndarray, y, test_size: float | int) -> HierarchicalDataset:
+    """One level, ``digit`` 0-9, digit augmentations (no flips): what both digit datasets share."""
+    y = np.asarray(y, dtype=np.int64)
+    train, test = _make_splits(images, y[None], *_stratified_split(y, test_size))
+    return HierarchicalDataset(name=name, train=train, test=test, level_names=["digit"],
+                               class_names=[[str(d) for d in range(10)]], augmentation="digits")
 
 
 def _load_mnist5k() -> HierarchicalDataset:
@@ -375,16 +374,7 @@ def _load_mnist5k() -> HierarchicalDataset:
         ) from err
     x, y = mnist_data()
     images = (np.asarray(x, dtype=np.float32).reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
-    y = np.asarray(y, dtype=np.int64)
-    train, test = _make_splits(images, y[None], *_stratified_split(y, 1000))
-    return HierarchicalDataset(
-        name="mnist5k",
-        train=train,
-        test=test,
-        level_names=["digit"],
-        class_names=[[str(d) for d in range(10)]],
-        augmentation="digits",
-    )
+    return _handwritten_digits("mnist5k", images, y, 1000)
 
 
 # ---------------------------------------------------------------------------------------------------

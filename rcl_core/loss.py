@@ -31,6 +31,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 FORMS = ("softmax", "sigmoid")
 
@@ -153,6 +154,23 @@ def validate_thresholds(thresholds: Sequence[float] | None, form: str) -> None:
         raise ValueError(f"thresholds must be strictly decreasing (fine -> coarse), got {t}")
 
 
+class _LogPartition(torch.autograd.Function):
+    """Row log-sum-exp whose backward is one in-place (N, M) buffer (``torch.logsumexp``'s needs three);
+    this is what keeps the loss's peak memory at InfoNCE's."""
+
+    @staticmethod
+    def forward(ctx, logits):
+        log_z = torch.logsumexp(logits, dim=1)
+        ctx.save_for_backward(logits, log_z)
+        return log_z
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        logits, log_z = ctx.saved_tensors
+        return torch.sub(logits, log_z[:, None]).exp_().mul_(grad[:, None])
+
+
 class RelativeContrastiveLoss(torch.nn.Module):
     """Relative Contrastive Loss over a set of criteria (see the module docstring for the formulas).
 
@@ -238,25 +256,29 @@ class RelativeContrastiveLoss(torch.nn.Module):
     def _softmax_terms(self, q, k, labels_q, labels_k, self_contrast):
         """Return (logZ (N,), positive mean logits (H, N), has-positive mask (H, N))."""
         tau = self.temperature
-        logits = q @ k.T / tau
+        n, h = q.shape[0], labels_q.shape[0]
+        logits = (q / tau) @ k.T  # 1/tau on the (N, D) side: no (N, M) division forward or backward
         if self_contrast:
-            logits = logits.masked_fill(torch.eye(q.shape[0], dtype=torch.bool, device=q.device), float("-inf"))
-        log_z = torch.logsumexp(logits, dim=1)
-        pos, has = [], []
+            logits = logits.masked_fill(torch.eye(n, dtype=torch.bool, device=q.device), float("-inf"))
+        log_z = _LogPartition.apply(logits)
+        # All H criteria in one index space of label groups shared by queries and keys: one index_add,
+        # one gather and one dot serve every criterion, whatever H is.
+        gq, gk, offset = [], [], 0
         for yq, yk in zip(labels_q, labels_k):
-            # Group ids shared by queries and keys; sum the keys of each group once.
             groups, inverse = torch.unique(torch.cat([yq, yk]), return_inverse=True)
-            gq, gk = inverse[: yq.numel()], inverse[yq.numel():]
-            sums = torch.zeros(groups.numel(), k.shape[1], dtype=k.dtype, device=k.device).index_add(0, gk, k)
-            counts = torch.bincount(gk, minlength=groups.numel()).to(k.dtype)
-            s, c = sums[gq], counts[gq]
-            if self_contrast:
-                s, c = s - q, c - 1
-            dot = (q * s).sum(1) / tau
-            has_pos = c > 0
-            pos.append(torch.where(has_pos, dot / c.clamp_min(1), torch.zeros_like(dot)))
-            has.append(has_pos)
-        return log_z, torch.stack(pos), torch.stack(has)
+            gq.append(inverse[:n] + offset)
+            gk.append(inverse[n:] + offset)
+            offset += groups.numel()
+        gq, gk = torch.cat(gq), torch.cat(gk)  # (H*N,), (H*M,)
+        sums = torch.zeros(offset, k.shape[1], dtype=k.dtype, device=k.device).index_add_(0, gk, k.repeat(h, 1))
+        counts = torch.bincount(gk, minlength=offset).to(k.dtype)[gq].view(h, n)
+        s = sums[gq].view(h, n, -1)
+        if self_contrast:
+            s, counts = s - q, counts - 1
+        dot = torch.einsum("nd,hnd->hn", q, s) / tau
+        has = counts > 0
+        pos = torch.where(has, dot / counts.clamp_min(1), torch.zeros_like(dot))
+        return log_z, pos, has
 
     def _compute(self, query, key, labels_q, labels_k):
         q, k, labels_q, labels_k, self_contrast = self._prepare(query, key, labels_q, labels_k)
