@@ -15,20 +15,22 @@ tensor is a query in one term and a key in the other):
     supcon_naive_h4  per-criterion SupCon with a dense (N, M) mask per criterion, the "obvious" code:
                      shows what the linear-positive trick in rcl_core saves
 
-Timing: warm-up calls, then ``--rounds`` rounds; each round times one forward + backward of every variant
-(the order rotates from round to round) and takes each candidate's ratio to the reference of the same
-round. The median of those ratios is reported (with the 25th-75th percentile), plus absolute medians.
-Interleaving keeps the ratio honest on a shared, noisy machine: a slow spell hits both sides of a ratio.
+Timing: ``--warmup`` untimed calls per variant, then ``--rounds`` rounds; each round times one forward +
+backward of every variant (the order rotates from round to round) and takes each candidate's ratio to the
+reference of the same round. The median of those ratios is reported (with the 25th-75th percentile), plus
+absolute medians. Interleaving keeps the ratio honest on a shared, noisy machine: a slow spell hits both
+sides of a ratio. With ``--quick`` the two information-only variants are timed in the first round only.
 
 Peak memory (bytes allocated during one forward + backward, inputs excluded, gradients of q and k
-included): on CUDA ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``; on the CPU the
-allocator's own record through ``torch.profiler`` (``profile_memory=True``): every allocation and free is
-an event with a signed byte count, and the peak of their running sum is the peak of live tensor memory.
-Cross-check on the CPU (``--memory both``, the default unless ``--quick``): each variant in a fresh
-subprocess, peak resident-set growth over one forward + backward (see ``_child``).
+included), measured on the last warm-up call: on CUDA ``torch.cuda.max_memory_allocated`` after
+``reset_peak_memory_stats``; on the CPU the allocator's own record through ``torch.profiler``
+(``profile_memory=True``): every allocation and free is an event with a signed byte count, and the peak
+of their running sum is the peak of live tensor memory. Cross-check on the CPU (``--memory both``, the
+default unless ``--quick``): each variant in a fresh subprocess, peak resident-set growth over one
+forward + backward (see ``_child``).
 
     .venv/bin/python benchmarks/loss_speed.py                 # full size, 15 rounds
-    .venv/bin/python benchmarks/loss_speed.py --quick         # 5 rounds, allocator memory only (< 1 min)
+    .venv/bin/python benchmarks/loss_speed.py --quick         # 3 rounds, allocator memory only (< 1 min)
     .venv/bin/python benchmarks/loss_speed.py --threads 1     # torch.set_num_threads(1)
 
 The last line printed is one JSON object with the ratios, sizes and device.
@@ -52,14 +54,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# rcl_core first, as every project entry point does: it sets OMP_WAIT_POLICY=PASSIVE unless the caller set
+# a value, which only takes effect before torch is loaded. Run with OMP_WAIT_POLICY=ACTIVE (or another
+# value) in the environment to measure with a different policy; the value is part of the report.
+from rcl_core import RelativeContrastiveLoss  # noqa: E402  (before torch, on purpose)
+
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-from rcl_core import RelativeContrastiveLoss  # noqa: E402
 
 TAU = 0.2
 REFERENCE = "infonce"
 VARIANTS = ("infonce", "rcl_h1", "rcl_h4", "rcl_sigmoid_h4", "supcon_naive_h4")
+INFORMATION = ("rcl_sigmoid_h4", "supcon_naive_h4")  # no target: shown for comparison
 # variant -> (time ratio target, memory ratio target), from the issue
 TARGETS = {"rcl_h1": (1.2, 1.5), "rcl_h4": (1.3, 1.5)}
 # JSON key suffix for each variant
@@ -72,8 +78,9 @@ SIGMOID_THRESHOLDS = (0.8, 0.5, 0.2, -0.1)
 def nested_labels(n: int, seed: int, device) -> torch.Tensor:
     """(4, n) labels, fine -> coarse: instance (the sample's index), then clusters of 8 / 64 / 512 samples.
 
-    Level l + 1 is level l's label // 8 of one random permutation, so the levels are nested (agreeing at a
-    finer level implies agreeing at every coarser one) and the clusters are scattered over the batch.
+    Levels 2-4 are ``perm // 8``, ``perm // 64``, ``perm // 512`` of one random permutation: each is the
+    previous level // 8, so the levels are nested (agreeing at a finer level implies agreeing at every
+    coarser one), and the clusters are scattered over the batch.
     """
     g = torch.Generator().manual_seed(seed + 1)
     perm = torch.randperm(n, generator=g)
@@ -138,16 +145,32 @@ class Workload:
 
 
 # ---------------------------------------------------------------------------------------------- timing
-def measure_times(work: Workload, variants, rounds: int, warmup: int) -> dict[str, list[float]]:
-    for _ in range(warmup):
-        for name in variants:
-            work.timed_step(name)
+def measure_times(work: Workload, variants, rounds: int, rounds_for: dict | None = None) -> dict[str, list[float]]:
+    """Interleaved timing: each round times every variant once, in an order that rotates by one per round.
+
+    ``rounds_for`` caps the rounds of some variants (they take part in the first rounds only), so that
+    ratio ``r`` of every variant always pairs with the reference of the same round.
+    """
+    rounds_for = rounds_for or {}
     times = {name: [] for name in variants}
     for r in range(rounds):
-        order = list(variants[r % len(variants):]) + list(variants[: r % len(variants)])
-        for name in order:
+        active = [name for name in variants if r < rounds_for.get(name, rounds)]
+        shift = r % len(active)
+        for name in active[shift:] + active[:shift]:
             times[name].append(work.timed_step(name))
     return times
+
+
+def warm_up(work: Workload, variants, calls: int, memory: bool) -> dict[str, int] | None:
+    """``calls`` untimed forward + backward per variant; the last call of each also measures peak memory."""
+    for _ in range(calls - 1 if memory else calls):
+        for name in variants:
+            work.step(name)
+    if not memory:
+        return None
+    if work.device.type == "cuda":
+        return {name: cuda_peak(work, name) for name in variants}
+    return cpu_allocator_peaks(work, variants)
 
 
 def quantile(values: list[float], p: float) -> float:
@@ -158,31 +181,54 @@ def quantile(values: list[float], p: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- memory
-def allocator_peak(work: Workload, name: str) -> int:
-    """Peak bytes of live tensor memory during one forward + backward, above what was live before it."""
-    work.step(name)  # warm-up: lazy initialisation must not count
+def cuda_peak(work: Workload, name: str) -> int:
+    """Peak bytes allocated during one forward + backward, above what was allocated before it."""
+    work.step(name)  # cuBLAS workspaces come from the caching allocator: keep them out of the peak
     work.clear_grads()
     gc.collect()
-    if work.device.type == "cuda":
-        work.sync()
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated(work.device)
-        torch.cuda.reset_peak_memory_stats(work.device)
-        work.step(name)
-        work.sync()
-        return torch.cuda.max_memory_allocated(work.device) - base
-    from torch.profiler import ProfilerActivity, profile
+    work.sync()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(work.device)
+    torch.cuda.reset_peak_memory_stats(work.device)
+    work.step(name)
+    work.sync()
+    return torch.cuda.max_memory_allocated(work.device) - base
 
+
+def cpu_allocator_peaks(work: Workload, variants) -> dict[str, int]:
+    """Peak bytes of live tensor memory during one forward + backward of each variant (CPU allocator).
+
+    One profiler session (starting one costs about a second) with each variant's step in its own
+    ``record_function`` window; an allocation or free is a ``[memory]`` event with a signed byte count on
+    the same clock, so a variant's peak is the highest running sum inside its window, less the sum at the
+    window's start (the inputs and anything else live before the step do not count).
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    work.clear_grads()  # freed before the session: a free of a block allocated outside it has no size
+    gc.collect()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        work.step(name)
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")]
-    events.sort(key=lambda e: e.start_ns())
-    live = peak = 0
-    for e in events:
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak
+        for name in variants:
+            work.clear_grads()
+            gc.collect()
+            with record_function(f"loss_speed::{name}"):
+                work.step(name)
+    events = list(prof.profiler.kineto_results.events())
+    windows = {e.name().split("::", 1)[1]: (e.start_ns(), e.end_ns()) for e in events
+               if e.name().startswith("loss_speed::")}
+    memory = sorted(((e.start_ns(), e.nbytes()) for e in events
+                     if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")), key=lambda x: x[0])
+    peaks = {}
+    for name in variants:
+        start, end = windows[name]
+        live = sum(nbytes for t, nbytes in memory if t < start)
+        base = peak = live
+        for t, nbytes in memory:
+            if start <= t <= end:
+                live += nbytes
+                peak = max(peak, live)
+        peaks[name] = peak - base
+    return peaks
 
 
 def _read_status_kib(field: str) -> int | None:
@@ -196,13 +242,21 @@ def _read_status_kib(field: str) -> int | None:
 
 
 def _reset_peak_rss() -> bool:
-    """Linux >= 4.0: writing 5 to clear_refs resets the peak RSS (VmHWM and ru_maxrss) to the current RSS."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    hwm, rss = _read_status_kib("VmHWM"), _read_status_kib("VmRSS")
-    return hwm is not None and rss is not None and hwm <= rss + 64
+    """Linux >= 4.0: writing 5 to clear_refs resets the peak RSS (VmHWM and ru_maxrss) to the current RSS.
+
+    The kernel's RSS counters are per-CPU and read approximately, so the check allows 1 MiB and retries.
+    """
+    for _ in range(5):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            return False
+        hwm, rss = _read_status_kib("VmHWM"), _read_status_kib("VmRSS")
+        if hwm is None or rss is None:
+            return False
+        if hwm <= rss + 1024:
+            return True
+    return False
 
 
 def _child(args) -> None:
@@ -219,10 +273,12 @@ def _child(args) -> None:
         work.step(name)
         work.clear_grads()
         gc.collect()
-        _reset_peak_rss()
+        reset = _reset_peak_rss()
         base_kib = _read_status_kib("VmRSS")
         work.step(name)
-        growth_kib, method = _read_status_kib("VmHWM") - base_kib, "VmHWM after clear_refs"
+        # Without a fresh reset the mark would still hold the warm-up's peak: unmeasured rather than wrong.
+        growth_kib = _read_status_kib("VmHWM") - base_kib if reset else 0
+        method = "VmHWM after clear_refs"
     else:
         Workload(min(args.n, 64), args.d, device, args.seed).step(name)
         gc.collect()
@@ -231,7 +287,9 @@ def _child(args) -> None:
         work.step(name)
         growth_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
         method = "ru_maxrss growth"
-    print(json.dumps({"variant": name, "rss_growth_bytes": max(growth_kib, 0) * 1024, "method": method}))
+    # A growth of 0 cannot be real (the step allocates at least its N x M logits): report it as unmeasured.
+    growth = growth_kib * 1024 if growth_kib > 0 else None
+    print(json.dumps({"variant": name, "rss_growth_bytes": growth, "method": method}))
 
 
 def rss_peaks(args, variants) -> tuple[dict[str, int], str]:
@@ -257,8 +315,9 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=4096, help="batch size N = M (queries and keys)")
     p.add_argument("--d", type=int, default=128, help="feature dimension D")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (15; 5 with --quick)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up calls per variant (2; 1 with --quick)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (15; 3 with --quick)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed calls per variant before timing; the last one measures memory (2; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="fewer rounds, allocator memory only: < 1 minute")
     p.add_argument("--memory", default=None, choices=("allocator", "both", "none"),
                    help="allocator peak only, or also RSS in fresh subprocesses (CPU; default both, "
@@ -271,11 +330,11 @@ def parse_args(argv=None):
     if args.n < 2 or args.d < 1:
         p.error("--n must be >= 2 and --d >= 1")
     if args.rounds is None:
-        args.rounds = 5 if args.quick else 15
+        args.rounds = 3 if args.quick else 15
     if args.warmup is None:
         args.warmup = 1 if args.quick else 2
-    if args.rounds < 1:
-        p.error("--rounds must be >= 1")
+    if args.rounds < 1 or args.warmup < 1:
+        p.error("--rounds and --warmup must be >= 1 (the last warm-up call measures the memory)")
     return args
 
 
@@ -297,17 +356,19 @@ def main(argv=None) -> dict:
         memory = "allocator"  # host RSS says nothing about device memory
 
     work = Workload(args.n, args.d, device, args.seed)
-    values = {name: work.step(name) for name in VARIANTS}  # also a first warm-up
-    times = measure_times(work, VARIANTS, args.rounds, max(args.warmup - 1, 0))
+    with torch.no_grad():  # the same loss where the maths says so: RCL H = 1 = InfoNCE, H = 4 = summed SupCon
+        values = {name: float(work.losses[name]()) for name in ("infonce", "rcl_h1", "rcl_h4", "supcon_naive_h4")}
+    peaks = warm_up(work, VARIANTS, args.warmup, memory != "none")
+    # --quick: the information-only variants (the slowest) are timed in the first round only.
+    rounds_for = {name: 1 for name in INFORMATION} if args.quick else None
+    times = measure_times(work, VARIANTS, args.rounds, rounds_for)
     ref_t = times[REFERENCE]
     ratios = {name: [t / r for t, r in zip(times[name], ref_t)] for name in VARIANTS}
-
-    peaks = rss = None
     mem_method = "none"
-    if memory != "none":
-        peaks = {name: allocator_peak(work, name) for name in VARIANTS}
+    if peaks is not None:
         mem_method = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
                       else "torch.profiler profile_memory (allocator events, peak of running sum)")
+    rss = None
     del work
     gc.collect()
     rss_method = None
@@ -316,8 +377,9 @@ def main(argv=None) -> dict:
 
     threads = torch.get_num_threads()
     mib = 2.0 ** 20
+    omp_wait = os.environ.get("OMP_WAIT_POLICY", "unset")
     print(f"Loss forward + backward vs InfoNCE: N = M = {args.n}, D = {args.d}, tau = {TAU}, device {device}, "
-          f"torch {torch.__version__}, {threads} threads, {args.rounds} rounds")
+          f"torch {torch.__version__}, {threads} threads, OMP_WAIT_POLICY={omp_wait}, {args.rounds} rounds")
     print(f"loss values: infonce {values['infonce']:.5f}  rcl_h1 {values['rcl_h1']:.5f}  "
           f"rcl_h4 {values['rcl_h4']:.5f}  supcon_naive_h4 {values['supcon_naive_h4']:.5f}")
     head = (f"{'variant':<16} {'ms (median)':>11} {'time ratio':>10} {'[p25, p75]':>14} {'peak MiB':>9} "
@@ -328,7 +390,8 @@ def main(argv=None) -> dict:
     print(head)
     print("-" * len(head))
     result = {"n": args.n, "m": args.n, "d": args.d, "device": str(device), "torch": torch.__version__,
-              "threads": threads, "rounds": args.rounds, "temperature": TAU, "memory_method": mem_method}
+              "threads": threads, "omp_wait_policy": omp_wait, "rounds": args.rounds, "temperature": TAU,
+              "memory_method": mem_method}
     verdicts = {}
     for name in VARIANTS:
         tr = statistics.median(ratios[name])
@@ -341,8 +404,9 @@ def main(argv=None) -> dict:
             row += f" {peaks[name] / mib:>9.1f} {mr:>9.3f}"
             result[f"peak_bytes_{name}"] = peaks[name]
         if rss:
-            rr = rss[name] / rss[REFERENCE] if rss[REFERENCE] > 0 else float("nan")
-            row += f" {rss[name] / mib:>8.1f} {rr:>9.3f}"
+            have = rss[name] is not None and rss[REFERENCE]
+            rr = rss[name] / rss[REFERENCE] if have else None
+            row += f" {rss[name] / mib:>8.1f} {rr:>9.3f}" if have else f" {'n/a':>8} {'n/a':>9}"
             result[f"rss_growth_bytes_{name}"] = rss[name]
             if name != REFERENCE:
                 result[f"loss_memory_ratio_rss_{SHORT[name]}_vs_infonce"] = rr
@@ -360,13 +424,14 @@ def main(argv=None) -> dict:
         elif name == REFERENCE:
             row += "  (reference)"
         else:
-            row += "  (information)"
+            row += "  (information" + (f", {len(times[name])} round)" if len(times[name]) < args.rounds else ")")
         print(row)
     if rss_method:
         print(f"memory: {mem_method}; RSS cross-check: {rss_method}, one fresh subprocess per variant")
     else:
         print(f"memory: {mem_method}")
     result["targets_met"] = verdicts
+    result.update({f"loss_value_{name}": v for name, v in values.items()})
     result["python"] = platform.python_version()
     line = json.dumps(result, sort_keys=True)
     if args.json:
