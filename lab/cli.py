@@ -17,7 +17,7 @@ from rcl_core.config import TrainConfig
 
 # The demo budget: both methods get exactly this, so the comparison is fair. Sized for <= 5 minutes on
 # 2 CPU cores, training included (see benchmarks/README.md for measured times).
-DEMO_CONFIG = dict(dataset="digits", epochs=50, batch_size=256, lr=2e-3, temperature=0.2,
+DEMO_CONFIG = dict(dataset="digits", epochs=100, batch_size=256, lr=2e-3, temperature=0.2,
                    cluster_warmup_epochs=3.0, eval_every=5, seed=0)
 DEMO_RUNS = {"MoCo v3": ("moco", "moco"), "RCL": ("rcl", "rcl")}
 
