@@ -228,8 +228,8 @@ def _source_text(source) -> str | None:
 
 
 def _lines(text: str, width: float) -> int:
-    """Rows a cell of ``text`` wraps to in a column of relative ``width`` (about 11 characters a unit)."""
-    return max(1, math.ceil(len(text) / max(1.0, 11 * width)))
+    """Rows a cell of ``text`` wraps to in a column of relative ``width`` (about 13 characters a unit)."""
+    return max(1, math.ceil(len(text) / max(1.0, 13 * width)))
 
 
 def results_table(summaries: Mapping[str, Mapping[str, Any] | None], title: str = "Results") -> go.Figure:
