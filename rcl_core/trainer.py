@@ -256,21 +256,20 @@ class Trainer:
         return time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0
 
     # ------------------------------------------------------------------ training
+    def _frozen(self, encode, images: torch.Tensor) -> torch.Tensor:
+        """``encode`` over ``images`` in eval mode (BN running statistics), then back to training mode."""
+        self.model.eval()
+        try:
+            return extract_features(encode, images, self.device)
+        finally:
+            self.model.train()
+
     def _key_features(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised momentum-encoder projections: what criteria label."""
-        self.model.eval()
-        try:
-            feats = extract_features(lambda x: self.model.encode(x, momentum=True, projected=True), images, self.device)
-        finally:
-            self.model.train()
-        return F.normalize(feats, dim=1)
+        return F.normalize(self._frozen(lambda x: self.model.encode(x, momentum=True, projected=True), images), dim=1)
 
     def _backbone_features(self, images: torch.Tensor) -> torch.Tensor:
-        self.model.eval()
-        try:
-            return extract_features(self.model.encode, images, self.device)
-        finally:
-            self.model.train()
+        return self._frozen(self.model.encode, images)
 
     def train_step(self, indices: torch.Tensor, epoch: float) -> dict:
         cfg = self.config
