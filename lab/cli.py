@@ -24,8 +24,11 @@ DEMO_RUNS = {"MoCo v3": ("moco", "moco"), "RCL": ("rcl", "rcl")}
 
 def demo_configs(out: Path, **overrides) -> dict[str, TrainConfig]:
     configs = {}
+    settings = {**DEMO_CONFIG, **overrides}
+    # A short budget (--epochs) keeps the clustering criteria's warm-up inside it, so RCL is still RCL.
+    settings["cluster_warmup_epochs"] = min(DEMO_CONFIG["cluster_warmup_epochs"], 0.3 * settings["epochs"])
     for label, (method, folder) in DEMO_RUNS.items():
-        configs[label] = TrainConfig(**{**DEMO_CONFIG, **overrides, "method": method, "run_dir": str(out / folder)})
+        configs[label] = TrainConfig(**{**settings, "method": method, "run_dir": str(out / folder)})
     return configs
 
 
@@ -49,9 +52,13 @@ def run_demo(args: argparse.Namespace) -> int:
             raise ValueError(f"{config.run_dir} holds a demo run with other settings (budget, seed or device); "
                              f"run `rcl demo --fresh` to start over")
         # resume=True: a demo interrupted with Ctrl-C continues where it stopped when run again.
-        result = train(config, resume=True)
+        again = " ".join(["rcl", *(a for a in sys.argv[1:] if a != "--fresh")]) if sys.argv[1:2] == ["demo"] else "rcl demo"
+        try:
+            result = train(config, resume=True)
+        except KeyboardInterrupt:
+            print(f"interrupted; run `{again}` again to continue", file=sys.stderr)
+            return 130
         if result.get("status") == "stopped":
-            again = " ".join(["rcl", *(a for a in sys.argv[1:] if a != "--fresh")]) if sys.argv[1:2] == ["demo"] else "rcl demo"
             print(f"stopped at step {result['step']}; run `{again}` again to continue", file=sys.stderr)
             return 130
         summaries[label] = result

@@ -134,6 +134,9 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
+        if self.temperature < 1e-4:
+            raise ValueError(f"temperature must be >= 1e-4 (smaller values overflow float32 gradients), "
+                             f"got {self.temperature!r}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (a contrastive batch needs negatives), got {self.batch_size}")
         for name in ("momentum", "prototype_momentum"):

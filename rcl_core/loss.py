@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 FORMS = ("softmax", "sigmoid")
+MIN_TEMPERATURE = 1e-4
 
 
 @dataclass
@@ -215,6 +216,10 @@ class RelativeContrastiveLoss(torch.nn.Module):
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, Real) or not 0 < float(t) < float("inf"):
             raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
+        if float(t) < MIN_TEMPERATURE:
+            # Gradients scale with 1/tau: below this they overflow float32 (and Adam's squares) to inf.
+            raise ValueError(f"temperature must be >= {MIN_TEMPERATURE} (smaller values overflow float32 "
+                             f"gradients), got {t!r}")
         self.temperature = float(t)
         validate_weights(self.weights)
         validate_thresholds(self.thresholds, self.form)

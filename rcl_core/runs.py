@@ -15,6 +15,8 @@ from typing import Any, Callable, IO
 def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "wb") -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it onto ``path``."""
     out = Path(path)
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a directory; give a file path to write")
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:

@@ -16,6 +16,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -171,6 +172,10 @@ class Trainer:
             momentum=config.prototype_momentum, unsure_threshold=config.unsure_threshold)
         config.validate(self.criteria.names)
         self.criteria.check_dataset_size(n)
+        if self.criteria.learned and config.cluster_warmup_epochs >= config.epochs:
+            warnings.warn(f"cluster_warmup_epochs={config.cluster_warmup_epochs} >= epochs={config.epochs}: the "
+                          f"clustering criteria {[n for c in self.criteria.learned for n in c.names]} never join "
+                          "the loss, so this run trains with the instance criterion only", stacklevel=2)
         self.loss_fn = RelativeContrastiveLoss(config.temperature, config.form, config.weights, config.thresholds)
         self.augmentation = preset(dataset.augmentation)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)

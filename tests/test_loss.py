@@ -300,3 +300,8 @@ def test_parameter_types_are_checked_by_name():
         RelativeContrastiveLoss(True)
     import numpy as np
     assert RelativeContrastiveLoss(np.float32(0.5)).temperature == 0.5
+
+
+def test_temperatures_too_small_for_float32_are_refused():
+    with pytest.raises(ValueError, match="temperature must be >= 0.0001"):
+        RelativeContrastiveLoss(1e-40)

@@ -255,3 +255,8 @@ def test_more_clusters_than_samples_is_refused_before_training(tmp_path):
 def test_config_types_and_devices_are_checked(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         Trainer(small_config(tmp_path, **kw), dataset=tiny_dataset())
+
+
+def test_a_warmup_longer_than_the_budget_is_warned_about(tmp_path):
+    with pytest.warns(UserWarning, match="never join the loss"):
+        Trainer(small_config(tmp_path, epochs=2, cluster_warmup_epochs=3), dataset=tiny_dataset())
