@@ -33,6 +33,11 @@ __all__ = [
     "embedding_scatter",
     "cluster_class_counts",
     "learned_hierarchy",
+    "relation_names",
+    "pair_relation",
+    "hierarchy_order",
+    "pull_push_map",
+    "pf_ps_scatter",
 ]
 
 _RUN_PALETTE = pcolors.qualitative.Plotly
@@ -573,3 +578,140 @@ def _sunburst_nodes(raw: np.ndarray, names: list[str], true: np.ndarray, class_n
 def _note(fig: go.Figure, text: str) -> None:
     fig.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
                        font=dict(size=15, color="#555555"))
+
+
+# ------------------------------------------------------------------------------- pull / push decisions
+
+_PULL, _PUSH = "#2166ac", "#b2182b"
+_RELATION_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02")
+
+
+def _np(x) -> np.ndarray:
+    """A tensor or array as a NumPy array (CPU, no grad), without importing torch here."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().float().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def relation_names(criteria_names: Sequence[str]) -> list[str]:
+    """What it means for a pair to agree first at criterion i, in words: instance -> "same image"; for
+    three criteria the next two read "same fine cluster", "same coarse cluster"; else "same <name>"."""
+    names = list(criteria_names)
+    out = []
+    for i, n in enumerate(names):
+        if n == "instance":
+            out.append("same image")
+        elif len(names) == 3 and i in (1, 2):
+            out.append("same fine cluster" if i == 1 else "same coarse cluster")
+        else:
+            out.append(f"same {n}")
+    return out
+
+
+def pair_relation(agreement: np.ndarray) -> np.ndarray:
+    """(N, M) index of the finest criterion a pair agrees under, or H when it agrees under none."""
+    agreement = np.asarray(agreement, dtype=bool)
+    h = agreement.shape[0]
+    first = np.where(agreement.any(0), agreement.argmax(0), h)
+    return first
+
+
+def hierarchy_order(labels) -> np.ndarray:
+    """Positions sorted coarse -> fine by labels (H, N), so that clusters sit in blocks."""
+    labels = _np(labels)
+    return np.lexsort(labels)  # lexsort's last key is the primary one: the coarsest row
+
+
+def pull_push_map(info, criteria_names: Sequence[str] | None = None, order: Sequence[int] | None = None,
+                  key_order: Sequence[int] | None = None, title: str = "Pull / push: P_s − P_f") -> go.Figure:
+    """Heatmap of ``info.relativeness − info.feature_similarity`` for every (anchor, key) pair.
+
+    Parameters
+    ----------
+    info : RCLExplanation
+        From ``RelativeContrastiveLoss.explain``.
+    criteria_names : names of the H criteria (fine -> coarse), for the hover text; default ``c0..``.
+    order, key_order : row (anchor) and column (key) orders; e.g. :func:`hierarchy_order` of the labels.
+        Default: as given (columns follow ``order`` in self-contrast).
+
+    Returns
+    -------
+    go.Figure
+        One ``go.Heatmap`` whose ``z`` is exactly ``relativeness − feature_similarity`` (rows and columns
+        reordered as asked). Positive (P_s > P_f, blue) is pulled, negative (red) pushed; the colour
+        scale is centred at 0 and its two sides are labelled pull and push. Hover names the pair's
+        relation (same image / same fine cluster / same coarse cluster / unrelated) and its agreement
+        under each criterion.
+    """
+    ps, pf, agree = _np(info.relativeness), _np(info.feature_similarity), _np(info.agreement).astype(bool)
+    h, n, m = agree.shape
+    names = list(criteria_names) if criteria_names is not None else [f"c{i}" for i in range(h)]
+    if len(names) != h:
+        raise ValueError(f"criteria_names must have {h} names (one per criterion), got {len(names)}")
+    rows = np.arange(n) if order is None else np.asarray(order)
+    cols = (rows if info.self_contrast and key_order is None else
+            np.arange(m) if key_order is None else np.asarray(key_order))
+    z = (ps - pf)[np.ix_(rows, cols)]
+    rel_words = relation_names(names) + ["unrelated"]
+    relation = pair_relation(agree)[np.ix_(rows, cols)]
+    marks = np.where(agree[:, rows][:, :, cols], "✓", "✗")  # (H, n, m)
+    hover = np.empty((len(rows), len(cols)), dtype=object)
+    for a in range(len(rows)):
+        for b in range(len(cols)):
+            crit = " ".join(f"{names[i]} {marks[i, a, b]}" for i in range(h))
+            self_pair = info.self_contrast and rows[a] == cols[b]
+            hover[a, b] = (f"anchor {rows[a]} · key {cols[b]}<br>"
+                           + ("self pair (excluded)" if self_pair else rel_words[relation[a, b]])
+                           + f"<br>{crit}<br>P_s {ps[rows[a], cols[b]]:.4f} · P_f {pf[rows[a], cols[b]]:.4f}")
+    span = float(np.abs(z).max()) or 1.0
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[str(c) for c in cols], y=[str(r) for r in rows], zmid=0.0, zmin=-span, zmax=span,
+        colorscale=[[0.0, _PUSH], [0.5, "#f7f7f7"], [1.0, _PULL]], customdata=hover,
+        hovertemplate="%{customdata}<br>P_s − P_f %{z:.4f}<extra></extra>",
+        colorbar=dict(title=dict(text="P_s − P_f"), tickvals=[-span, 0, span],
+                      ticktext=[f"push ({-span:.2g})", "0", f"pull ({span:.2g})"]),
+    ))
+    fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, height=560,
+                      xaxis=dict(title="key", type="category"), yaxis=dict(title="anchor", type="category",
+                                                                           autorange="reversed"))
+    return fig
+
+
+def pf_ps_scatter(info, criteria_names: Sequence[str] | None = None,
+                  title: str = "Feature similarity P_f against relativeness P_s") -> go.Figure:
+    """Every (anchor, key) pair as a point (P_f, P_s), coloured by relation, with the diagonal.
+
+    Above the diagonal (P_s > P_f) the loss pulls the pair; below it pushes. Self pairs are left out.
+    One trace per relation, named as in :func:`relation_names` plus "unrelated".
+    """
+    ps, pf, agree = _np(info.relativeness), _np(info.feature_similarity), _np(info.agreement).astype(bool)
+    h, n, m = agree.shape
+    names = list(criteria_names) if criteria_names is not None else [f"c{i}" for i in range(h)]
+    valid = np.ones((n, m), dtype=bool)
+    if info.self_contrast:
+        np.fill_diagonal(valid, False)
+    relation = pair_relation(agree)
+    words = relation_names(names) + ["unrelated"]
+    fig = go.Figure()
+    top = float(max(ps[valid].max(initial=0), pf[valid].max(initial=0))) * 1.05 or 1.0
+    fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="P_f = P_s",
+                             line=dict(color="#555", dash="dash", width=1.5), hoverinfo="skip"))
+    for r, word in enumerate(words):
+        sel = valid & (relation == r)
+        if not sel.any():
+            continue
+        colour = "#9e9e9e" if r == h else _RELATION_COLOURS[r % len(_RELATION_COLOURS)]
+        a, b = np.nonzero(sel)
+        fig.add_trace(go.Scattergl(
+            x=pf[sel], y=ps[sel], mode="markers", name=word, meta={"relation": word},
+            marker=dict(size=6, color=colour, opacity=0.75), customdata=np.stack([a, b], 1),
+            hovertemplate=(f"{html.escape(word)}<br>anchor %{{customdata[0]}} · key %{{customdata[1]}}<br>"
+                           "P_f %{x:.4f} · P_s %{y:.4f}<extra></extra>")))
+    fig.add_annotation(x=0.02 * top, y=0.95 * top, text="pulled (P_s > P_f)", showarrow=False, xanchor="left",
+                       font=dict(color=_PULL))
+    fig.add_annotation(x=0.95 * top, y=0.03 * top, text="pushed (P_s < P_f)", showarrow=False, xanchor="right",
+                       font=dict(color=_PUSH))
+    fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, height=520,
+                      xaxis=dict(title="P_f (feature similarity)", range=[0, top]),
+                      yaxis=dict(title="P_s (relativeness)", range=[0, top]))
+    return fig
