@@ -38,6 +38,7 @@ __all__ = [
     "hierarchy_order",
     "pull_push_map",
     "pf_ps_scatter",
+    "pull_share",
 ]
 
 _RUN_PALETTE = pcolors.qualitative.Plotly
@@ -714,4 +715,42 @@ def pf_ps_scatter(info, criteria_names: Sequence[str] | None = None,
     fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, height=520,
                       xaxis=dict(title="P_f (feature similarity)", range=[0, top]),
                       yaxis=dict(title="P_s (relativeness)", range=[0, top]))
+    return fig
+
+
+def pull_share(infos: Mapping[str, Any], criteria_names: Sequence[str],
+               title: str = "Share of pairs pulled, by relation") -> go.Figure:
+    """Grouped bars: for each relation (same image, same fine cluster, …, unrelated), the share of its
+    pairs that each loss pulls. ``infos`` maps a loss's name to its ``explain()`` result on the same
+    batch; the relation of a pair comes from the first explanation with all ``criteria_names``
+    (typically RCL's), so a typical contrastive loss (instance only) can sit beside it.
+    """
+    names = list(criteria_names)
+    full = next((i for i in infos.values() if _np(i.agreement).shape[0] == len(names)), None)
+    if full is None:
+        raise ValueError(f"no explanation in infos has the {len(names)} criteria {names}")
+    agree = _np(full.agreement).astype(bool)
+    h, n, m = agree.shape
+    valid = np.ones((n, m), dtype=bool)
+    if full.self_contrast:
+        np.fill_diagonal(valid, False)
+    relation = pair_relation(agree)
+    words = relation_names(names) + ["unrelated"]
+    present = [r for r in range(h + 1) if (valid & (relation == r)).any()]
+    colours = run_colors(list(infos))
+    fig = go.Figure()
+    for loss_name, info in infos.items():
+        pull = _np(info.pull).astype(bool)
+        if pull.shape != (n, m):
+            raise ValueError(f"explanation {loss_name!r} is for a {pull.shape} batch, expected {(n, m)}")
+        shares = [float(pull[valid & (relation == r)].mean()) for r in present]
+        counts = [int((valid & (relation == r)).sum()) for r in present]
+        fig.add_trace(go.Bar(x=[words[r] for r in present], y=shares, name=loss_name, meta={"loss": loss_name},
+                             marker_color=colours[loss_name], customdata=counts, text=[f"{s:.0%}" for s in shares],
+                             textposition="outside",
+                             hovertemplate=f"{html.escape(loss_name)}<br>%{{x}}: %{{y:.1%}} of %{{customdata}} "
+                                           "pairs pulled<extra></extra>"))
+    fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, barmode="group", height=420,
+                      yaxis=dict(title="pairs pulled", tickformat=".0%", range=[0, 1.12]),
+                      xaxis=dict(title="relation of the pair"))
     return fig

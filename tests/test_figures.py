@@ -75,3 +75,24 @@ def test_criteria_names_count_is_checked():
     info, _ = toy()
     with pytest.raises(ValueError, match="criteria_names must have 3 names"):
         figures.pull_push_map(info, ["instance"])
+
+
+def test_pull_share_counts_pulled_pairs_per_relation_for_each_loss():
+    info, labels = toy()
+    g = torch.Generator().manual_seed(0)
+    n = labels.shape[1]
+    typical = RelativeContrastiveLoss(0.3).explain(torch.randn(n, 4, generator=g), torch.randn(n, 4, generator=g),
+                                                   labels[:1], labels[:1])
+    names = ["instance", "proto-4", "proto-2"]
+    fig = figures.pull_share({"typical": typical, "RCL": info}, names)
+    lab = labels.numpy()
+    same = lambda i: lab[i][:, None] == lab[i][None, :]
+    relation = np.where(same(0), 0, np.where(same(1), 1, np.where(same(2), 2, 3)))
+    words = ["same image", "same fine cluster", "same coarse cluster", "unrelated"]
+    for trace, ex in zip(fig.data, (typical, info)):
+        pull = ex.pull.numpy()
+        assert list(trace.x) == words
+        want = [pull[relation == r].mean() for r in range(4)]
+        np.testing.assert_allclose(trace.y, want)
+    # The typical loss pulls only the other view of the same image.
+    assert list(fig.data[0].y[1:]) == [0.0, 0.0, 0.0]
