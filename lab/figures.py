@@ -623,6 +623,20 @@ def hierarchy_order(labels) -> np.ndarray:
     return np.lexsort(labels)  # lexsort's last key is the primary one: the coarsest row
 
 
+def _pairs(info, criteria_names):
+    """What every pair figure reads from an explanation: P_s, P_f, agreement (H, N, M), criterion names,
+    the valid-pair mask (self pairs out in self-contrast) and each pair's relation index."""
+    ps, pf, agree = _np(info.relativeness), _np(info.feature_similarity), _np(info.agreement).astype(bool)
+    h, n, m = agree.shape
+    names = list(criteria_names) if criteria_names is not None else [f"c{i}" for i in range(h)]
+    if len(names) != h:
+        raise ValueError(f"criteria_names must have {h} names (one per criterion), got {len(names)}")
+    valid = np.ones((n, m), dtype=bool)
+    if info.self_contrast:
+        np.fill_diagonal(valid, False)
+    return ps, pf, agree, names, valid, pair_relation(agree)
+
+
 def pull_push_map(info, criteria_names: Sequence[str] | None = None, order: Sequence[int] | None = None,
                   key_order: Sequence[int] | None = None, title: str = "Pull / push: P_s − P_f") -> go.Figure:
     """Heatmap of ``info.relativeness − info.feature_similarity`` for every (anchor, key) pair.
@@ -644,17 +658,14 @@ def pull_push_map(info, criteria_names: Sequence[str] | None = None, order: Sequ
         relation (same image / same fine cluster / same coarse cluster / unrelated) and its agreement
         under each criterion.
     """
-    ps, pf, agree = _np(info.relativeness), _np(info.feature_similarity), _np(info.agreement).astype(bool)
+    ps, pf, agree, names, _, relation = _pairs(info, criteria_names)
     h, n, m = agree.shape
-    names = list(criteria_names) if criteria_names is not None else [f"c{i}" for i in range(h)]
-    if len(names) != h:
-        raise ValueError(f"criteria_names must have {h} names (one per criterion), got {len(names)}")
     rows = np.arange(n) if order is None else np.asarray(order)
     cols = (rows if info.self_contrast and key_order is None else
             np.arange(m) if key_order is None else np.asarray(key_order))
     z = (ps - pf)[np.ix_(rows, cols)]
     rel_words = relation_names(names) + ["unrelated"]
-    relation = pair_relation(agree)[np.ix_(rows, cols)]
+    relation = relation[np.ix_(rows, cols)]
     marks = np.where(agree[:, rows][:, :, cols], "✓", "✗")  # (H, n, m)
     hover = np.empty((len(rows), len(cols)), dtype=object)
     for a in range(len(rows)):
@@ -685,13 +696,8 @@ def pf_ps_scatter(info, criteria_names: Sequence[str] | None = None,
     Above the diagonal (P_s > P_f) the loss pulls the pair; below it pushes. Self pairs are left out.
     One trace per relation, named as in :func:`relation_names` plus "unrelated".
     """
-    ps, pf, agree = _np(info.relativeness), _np(info.feature_similarity), _np(info.agreement).astype(bool)
-    h, n, m = agree.shape
-    names = list(criteria_names) if criteria_names is not None else [f"c{i}" for i in range(h)]
-    valid = np.ones((n, m), dtype=bool)
-    if info.self_contrast:
-        np.fill_diagonal(valid, False)
-    relation = pair_relation(agree)
+    ps, pf, agree, names, valid, relation = _pairs(info, criteria_names)
+    h = agree.shape[0]
     words = relation_names(names) + ["unrelated"]
     fig = go.Figure()
     top = float(max(ps[valid].max(initial=0), pf[valid].max(initial=0))) * 1.05 or 1.0
@@ -729,12 +735,8 @@ def pull_share(infos: Mapping[str, Any], criteria_names: Sequence[str],
     full = next((i for i in infos.values() if _np(i.agreement).shape[0] == len(names)), None)
     if full is None:
         raise ValueError(f"no explanation in infos has the {len(names)} criteria {names}")
-    agree = _np(full.agreement).astype(bool)
+    _, _, agree, names, valid, relation = _pairs(full, names)
     h, n, m = agree.shape
-    valid = np.ones((n, m), dtype=bool)
-    if full.self_contrast:
-        np.fill_diagonal(valid, False)
-    relation = pair_relation(agree)
     words = relation_names(names) + ["unrelated"]
     present = [r for r in range(h + 1) if (valid & (relation == r)).any()]
     colours = run_colors(list(infos))

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rcl_core.loss import MIN_TEMPERATURE
+
 METHODS = ("moco", "rcl")
 FORMS = ("softmax", "sigmoid")
 
@@ -134,9 +136,9 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
-        if self.temperature < 1e-4:
-            raise ValueError(f"temperature must be >= 1e-4 (smaller values overflow float32 gradients), "
-                             f"got {self.temperature!r}")
+        if self.temperature < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be >= {MIN_TEMPERATURE} (smaller values overflow float32 "
+                             f"gradients), got {self.temperature!r}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (a contrastive batch needs negatives), got {self.batch_size}")
         for name in ("momentum", "prototype_momentum"):
