@@ -393,17 +393,24 @@ class Trainer:
         return {"status": "stopped", "reason": reason, "step": self.step, "epoch": epoch, "checkpoint": str(path)}
 
     # ------------------------------------------------------------------ evaluation
+    def _eval_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone features of the train and test sets at the current step; the last epoch's kNN and the
+        final evaluation run at the same step, so they share one extraction."""
+        if getattr(self, "_eval_cache", (None,))[0] != self.step:
+            ds = self.dataset
+            self._eval_cache = (self.step, self._backbone_features(ds.train.images),
+                                self._backbone_features(ds.test.images))
+        return self._eval_cache[1], self._eval_cache[2]
+
     def knn(self) -> float:
         ds = self.dataset
-        train = self._backbone_features(ds.train.images)
-        test = self._backbone_features(ds.test.images)
+        train, test = self._eval_features()
         return knn_top1(train, ds.train.levels[0], test, ds.test.levels[0], self.config.knn_k, self.config.knn_temperature)
 
     def evaluate(self) -> dict:
         """Full evaluation on frozen backbone features; writes ``summary.json`` and ``eval.npz``."""
         cfg, ds = self.config, self.dataset
-        train = self._backbone_features(ds.train.images)
-        test = self._backbone_features(ds.test.images)
+        train, test = self._eval_features()
         results = evaluate_features(train, ds.train.levels, test, ds.test.levels, ds.level_names, cfg.knn_k,
                                     cfg.knn_temperature, cfg.seed)
         names, crit_labels = self.criteria.predict(self._key_features(ds.test.images))
