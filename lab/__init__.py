@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+import rcl_core  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads; see rcl_core/__init__.py)
+
 _EXPORTS = {
     "loss_curves": "figures",
     "results_table": "figures",

@@ -308,6 +308,12 @@ class OnlineHierarchicalClustering(Criterion):
         self._last = (indices, self._label(keys, indices, update=True))
         self.steps += 1
 
+    def label_keys(self, keys, indices):
+        """Labels (levels, B) of a batch's key features without learning from them (inspection)."""
+        if not self.prototypes:
+            raise RuntimeError("online clustering has not seen any batch yet")
+        return self._label(keys.to(self.prototypes[0].device), indices, update=False).to(indices.device)
+
     def labels(self, indices):
         if self._last is None or not torch.equal(self._last[0], indices):
             raise RuntimeError("online clustering labels come from observe() on the same batch")
@@ -406,11 +412,14 @@ class CriteriaSet:
         for c in self.criteria:
             c.on_epoch_start(epoch, once)
 
-    def labels(self, indices: torch.Tensor, epoch: float):
+    def labels(self, indices: torch.Tensor, epoch: float, keys: torch.Tensor | None = None):
+        """``keys``: the batch's key features, to label an inspection batch that ``observe`` did not see
+        (online clustering labels them without learning); training passes None."""
         by_name = {}
         for c in self.criteria:
             if c.active(epoch):
-                by_name.update(zip(c.names, c.labels(indices)))
+                rows = c.label_keys(keys, indices) if keys is not None and hasattr(c, "label_keys") else c.labels(indices)
+                by_name.update(zip(c.names, rows))
         positions = [i for i, n in enumerate(self.names) if n in by_name]
         names = [self.names[i] for i in positions]
         return torch.stack([by_name[n] for n in names]), names, positions

@@ -29,11 +29,12 @@ from rcl_core.augment import augment, preset
 from rcl_core.config import TrainConfig
 from rcl_core.criteria import CriteriaSet
 from rcl_core.evaluation import clustering_agreement, evaluate_features, extract_features, knn_top1
-from rcl_core.loss import RelativeContrastiveLoss
+from rcl_core.loss import MIN_TEMPERATURE, RelativeContrastiveLoss, validate_thresholds, validate_weights
 from rcl_core.models import MoCoV3, momentum_at
 from rcl_core.runs import atomic_write, atomic_write_json, atomic_write_text, read_metrics
 
 CHECKPOINT = "checkpoint.pt"
+EXPLAIN_ANCHORS = 256  # anchors of the training batch used to log the excess W * KL(P_s || P_f)
 
 
 @dataclass
@@ -177,6 +178,12 @@ class Trainer:
                           f"clustering criteria {[n for c in self.criteria.learned for n in c.names]} never join "
                           "the loss, so this run trains with the instance criterion only", stacklevel=2)
         self.loss_fn = RelativeContrastiveLoss(config.temperature, config.form, config.weights, config.thresholds)
+        # What the lab may change while training runs (applied at the next step, logged as a "change"
+        # event, saved in checkpoints): which criteria are on, their weights and thresholds, the temperature.
+        self.controls: dict[str, Any] = {"enabled": list(self.criteria.names), "weights": config.weights,
+                                         "thresholds": config.thresholds, "temperature": config.temperature}
+        self._pending: dict[str, Any] = {}
+        self._controls_lock = threading.Lock()
         self.augmentation = preset(dataset.augmentation)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.train_images = dataset.train.images.to(self.device)
@@ -216,6 +223,66 @@ class Trainer:
         self._stop_reason = reason
         self._stop.set()
 
+    def set_controls(self, enabled: list[str] | None = None, weights: list[float] | None = None,
+                     thresholds: list[float] | None = None, temperature: float | None = None) -> dict[str, Any]:
+        """Change the loss while training runs (from another thread); the change takes effect at the next
+        step and is logged to ``metrics.jsonl`` as ``{"event": "change", ...}``.
+
+        ``enabled``: the criteria that join the loss (names from ``criteria.names``; ``instance`` always);
+        ``weights`` / ``thresholds``: one value per criterion in ``criteria.names`` (thresholds for the
+        sigmoid form only, strictly decreasing); ``temperature``: >= 1e-4. Invalid values raise
+        ``ValueError`` here and change nothing. Returns the controls as they will be at the next step.
+        """
+        names = self.criteria.names
+        with self._controls_lock:
+            new = {**self.controls, **self._pending}
+            if enabled is not None:
+                enabled = list(enabled)
+                unknown = [n for n in enabled if n not in names]
+                if unknown:
+                    raise ValueError(f"enabled: unknown criteria {unknown}; this run has {names}")
+                if "instance" not in enabled:
+                    raise ValueError(f"enabled must include 'instance' (the finest criterion), got {enabled}")
+                new["enabled"] = [n for n in names if n in enabled]
+            if weights is not None:
+                weights = [float(w) for w in weights]
+                if len(weights) != len(names):
+                    raise ValueError(f"weights must have one value per criterion ({len(names)}: {names}), "
+                                     f"got {len(weights)}")
+                validate_weights(weights)
+                new["weights"] = weights
+            if thresholds is not None:
+                thresholds = [float(t) for t in thresholds]
+                if len(thresholds) != len(names):
+                    raise ValueError(f"thresholds must have one value per criterion ({len(names)}: {names}), "
+                                     f"got {len(thresholds)}")
+                validate_thresholds(thresholds, self.config.form)
+                new["thresholds"] = thresholds
+            if temperature is not None:
+                if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+                        MIN_TEMPERATURE <= temperature < float("inf")):
+                    raise ValueError(f"temperature must be a finite number >= {MIN_TEMPERATURE}, got {temperature!r}")
+                new["temperature"] = float(temperature)
+            if new["weights"] is not None:
+                on = [w for n, w in zip(names, new["weights"]) if n in new["enabled"]]
+                if sum(on) <= 0:
+                    raise ValueError(f"weights of the enabled criteria {new['enabled']} must have a positive sum, "
+                                     f"got {on}")
+            self._pending = {k: v for k, v in new.items() if v != self.controls[k]}
+            return new
+
+    def next_controls(self) -> dict[str, Any]:
+        """The controls the next step will use (pending changes included)."""
+        with self._controls_lock:
+            return {**self.controls, **self._pending}
+
+    def _apply_controls(self, epoch: float) -> None:
+        with self._controls_lock:
+            changes, self._pending = self._pending, {}
+        if changes:
+            self.controls.update(changes)
+            self.emit("change", epoch, **changes)
+
     def emit(self, kind: str, epoch: float, **data) -> None:
         event = Event(kind, self.step, epoch, data)
         for listener in self.listeners:
@@ -233,7 +300,8 @@ class Trainer:
         path = self.run_dir / CHECKPOINT
         state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "criteria": self.criteria.state_dict(), "generator": self.generator.get_state(),
-                 "config": self.config.to_dict(), "wall_seconds": self.wall_before + self._elapsed()}
+                 "config": self.config.to_dict(), "wall_seconds": self.wall_before + self._elapsed(),
+                 "controls": self.controls}
         atomic_write(path, lambda fh: torch.save(state, fh))
         return path
 
@@ -256,6 +324,7 @@ class Trainer:
         self.generator.set_state(state["generator"].cpu())  # generator states are CPU byte tensors
         self.step = state["step"]
         self.wall_before = state.get("wall_seconds", 0.0)
+        self.controls.update(state.get("controls", {}))
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0
@@ -276,8 +345,23 @@ class Trainer:
     def _backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         return self._frozen(self.model.encode, images)
 
-    def train_step(self, indices: torch.Tensor, epoch: float) -> dict:
+    def _loss_inputs(self, indices: torch.Tensor, epoch: float, keys: torch.Tensor | None = None):
+        """Labels (H, B) of the criteria that are switched on (warm-up over, enabled by the controls), their
+        names, and the loss configured with their weights, thresholds and the temperature."""
+        labels, names, positions = self.criteria.labels(indices, epoch, keys)
+        keep = [i for i, n in enumerate(names) if n in self.controls["enabled"]]
+        labels, names, positions = labels[keep], [names[i] for i in keep], [positions[i] for i in keep]
+        ctl = self.controls
+        self.loss_fn.temperature = ctl["temperature"]
+        self.loss_fn.weights = None if ctl["weights"] is None else [ctl["weights"][p] for p in positions]
+        self.loss_fn.thresholds = None if ctl["thresholds"] is None else [ctl["thresholds"][p] for p in positions]
+        return labels, names
+
+    def train_step(self, indices: torch.Tensor, epoch: float, log: bool = False) -> dict:
+        """One optimisation step on ``indices``; ``log``: also measure the excess W * KL(P_s || P_f) on the
+        batch's first anchors (softmax form; a no-grad pass over at most 256 anchors)."""
         cfg = self.config
+        self._apply_controls(epoch)
         x = self.train_images[indices]
         x1 = augment(x, self.augmentation, self.generator)
         x2 = augment(x, self.augmentation, self.generator)
@@ -289,10 +373,7 @@ class Trainer:
                                      f"(lower --lr, now {cfg.lr}, or raise --temperature, now {cfg.temperature})")
         keys = F.normalize(F.normalize(k1.float(), dim=1) + F.normalize(k2.float(), dim=1), dim=1)
         self.criteria.observe(indices, keys)
-        labels, names, positions = self.criteria.labels(indices, epoch)
-        weights = None if cfg.weights is None else [cfg.weights[p] for p in positions]
-        thresholds = None if cfg.thresholds is None else [cfg.thresholds[p] for p in positions]
-        self.loss_fn.weights, self.loss_fn.thresholds = weights, thresholds
+        labels, names = self._loss_inputs(indices, epoch)
         loss_a, parts_a = self.loss_fn.forward_with_parts(q1.float(), k2.float(), labels, labels)
         loss_b, parts_b = self.loss_fn.forward_with_parts(q2.float(), k1.float(), labels, labels)
         loss = loss_a + loss_b  # MoCo v3's symmetric loss
@@ -307,7 +388,46 @@ class Trainer:
         if not math.isfinite(values[0]):
             raise FloatingPointError(f"training diverged at step {self.step}: the loss became {values[0]} "
                                      f"(lower --lr, now {cfg.lr}, or raise --temperature, now {cfg.temperature})")
-        return {"loss": values[0], "loss_per_criterion": dict(zip(names, values[1:])), "lr": lr}
+        out = {"loss": values[0], "loss_per_criterion": dict(zip(names, values[1:])), "lr": lr}
+        if log and cfg.form == "softmax":
+            a = min(EXPLAIN_ANCHORS, q1.shape[0])
+            halves = [self.loss_fn.explain(q[:a].float(), k.float(), labels[:, :a], labels).excess
+                      for q, k in ((q1, k2), (q2, k1))]
+            out["excess"] = float(halves[0] + halves[1])  # of the symmetric loss, like "loss"
+        return out
+
+    @torch.no_grad()
+    def explain(self, indices, epoch: float | None = None, seed: int = 0, only: list[str] | None = None):
+        """The loss's decisions on the samples ``indices`` of the training set, at the current step.
+
+        Two views are augmented with a generator of their own (seeded by ``seed``: the training RNG is
+        not touched), encoded in eval mode, and explained with the criteria, weights, thresholds and
+        temperature that the next training step would use; ``only`` restricts the criteria further (e.g.
+        ``["instance"]``: the typical contrastive loss on the same views). Returns ``(RCLExplanation,
+        criteria names, labels (H, B))``; meant for inspection batches (it builds H x B x B tensors).
+        Call it between steps (from a listener) or while no training runs.
+        """
+        indices = torch.as_tensor(indices, dtype=torch.long, device=self.device)
+        epoch = self.step / self.steps_per_epoch if epoch is None else epoch
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        x = self.train_images[indices]
+        x1, x2 = augment(x, self.augmentation, g), augment(x, self.augmentation, g)
+        self.model.eval()
+        try:
+            q1, _, k1, k2 = self.model(x1, x2)
+        finally:
+            self.model.train()
+        keys = F.normalize(F.normalize(k1.float(), dim=1) + F.normalize(k2.float(), dim=1), dim=1)
+        saved = dict(self.controls)
+        self.controls.update(self.next_controls())
+        if only is not None:
+            self.controls["enabled"] = [n for n in self.controls["enabled"] if n in only]
+        try:
+            labels, names = self._loss_inputs(indices, epoch, keys)
+        finally:
+            self.controls.clear()
+            self.controls.update(saved)
+        return self.loss_fn.explain(q1.float(), k2.float(), labels, labels), names, labels
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
@@ -357,7 +477,8 @@ class Trainer:
             order = self._epoch_order(epoch)
             for i in range(pos, spe):
                 idx = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.device)
-                data = self.train_step(idx, epoch + i / spe)
+                log = (self.step + 1) % cfg.log_every == 0 or i == spe - 1
+                data = self.train_step(idx, epoch + i / spe, log=log)
                 self.step += 1
                 data["wall_seconds"] = round(self.wall_before + self._elapsed(), 3)
                 if i == spe - 1:
