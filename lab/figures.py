@@ -14,6 +14,8 @@ Colour scheme, shared by every figure so that one run or one class looks the sam
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import html
 import math
 from collections.abc import Mapping, Sequence
@@ -39,11 +41,33 @@ __all__ = [
     "pull_push_map",
     "pf_ps_scatter",
     "pull_share",
+    "gradient_field",
+    "level_embeddings",
+    "prototype_dendrogram",
+    "run_comparison",
 ]
 
 _RUN_PALETTE = pcolors.qualitative.Plotly
 _DASHES = ("dash", "dot", "dashdot", "longdash", "longdashdot")
 _TEMPLATE = "plotly_white"
+# Set by template_already_sent(): figures built for a widget that already has the template skip it
+# (building a template costs ~10 ms per figure, most of a slider update's budget).
+_SKIP_TEMPLATE: contextvars.ContextVar[bool] = contextvars.ContextVar("lab_skip_template", default=False)
+
+
+def _template():
+    return None if _SKIP_TEMPLATE.get() else _TEMPLATE
+
+
+@contextlib.contextmanager
+def template_already_sent():
+    """Within this block, figure functions leave the template out: for panels that update a
+    ``FigureWidget`` which already carries it (see :func:`lab.panels.sync_figure`)."""
+    token = _SKIP_TEMPLATE.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_TEMPLATE.reset(token)
 _FONT = dict(family="Inter, Segoe UI, Helvetica, Arial, sans-serif", size=13)
 _MISSING = "–"
 
@@ -101,24 +125,55 @@ def _float(value) -> float | None:
         return None
 
 
+def _event_text(rec: Mapping[str, Any]) -> tuple[str, str]:
+    """A ``change`` event in a few words ("weights, temperature") and in full, for the hover."""
+    keys = [k for k in rec if k not in ("event", "step", "epoch")]
+    full = "<br>".join(f"{html.escape(str(k))} = {html.escape(str(rec[k]))}" for k in keys)
+    return ", ".join(map(str, keys)) or "settings", full
+
+
+def _event_annotations(fig: go.Figure, marks, colours, runs, several: bool) -> int:
+    """Label the event lines above the top panel, stacking labels that would overlap; returns the rows used."""
+    steps = [float(r["step"]) for recs in runs.values() for r in recs] + [m[0] for m in marks]
+    span = (max(steps) - min(steps)) or 1.0 if steps else 1.0
+    lane_end: list[float] = []  # right end (in steps) of the last label of each row
+    for (step, text, hover), who in sorted(marks.items(), key=lambda kv: kv[0][0]):
+        label = text + (f" ({', '.join(who)})" if several or text == "resume" else "")
+        width = span * (6.0 * len(label) + 8) / 1000  # about 6 px a character on a ~1000 px wide panel
+        lane = next((i for i, end in enumerate(lane_end) if end < step), len(lane_end))
+        if lane == len(lane_end):
+            lane_end.append(0.0)
+        lane_end[lane] = step + width
+        fig.add_annotation(x=step, y=1.0, yref="y domain", xref="x", text=html.escape(label), showarrow=False,
+                           xanchor="left", xshift=2, yanchor="bottom", yshift=14 * lane,
+                           font=dict(size=10, color=colours[who[0]] if len(who) == 1 else "#444444"),
+                           hovertext=f"step {step:g}<br>{hover}" if hover else None)
+    return len(lane_end)
+
+
 def loss_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], title: str = "Training curves") -> go.Figure:
     """Loss against step for each run: the total (solid) and every criterion's loss (dashed/dotted).
 
     Parameters
     ----------
     metrics : dict run name -> list of metrics records
-        The parsed lines of each run's ``metrics.jsonl``, events included (they are skipped, and
-        ``resume`` events are drawn as dotted vertical lines). A criterion that switches on mid-run
-        (online clustering after its warm-up) starts where it first appears; no zeros are invented.
+        The parsed lines of each run's ``metrics.jsonl``, events included. Training lines are drawn;
+        ``resume`` events are dotted vertical lines and ``change`` events (a setting changed mid-run,
+        ``{"event": "change", "step": S, "weights": ...}``) dash-dot vertical lines annotated with the
+        names of what changed. A criterion that switches on mid-run (online clustering after its
+        warm-up) starts where it first appears; no zeros are invented. Records may carry ``excess``,
+        W·KL(P_s‖P_f): the part of the softmax loss above its floor W·H(P_s), which training can still
+        remove.
     title : str
         Figure title.
 
     Returns
     -------
     go.Figure
-        Three panels sharing the step axis: total losses; per-criterion losses; kNN top-1 at the
-        evaluated steps (only when some record carries ``knn_top1``). Every trace has ``legendgroup`` = run name and ``meta`` =
-        ``{"run": name, "series": "total" | criterion | "knn_top1"}``; hovering shows the epoch.
+        Panels sharing the step axis: total losses; per-criterion losses; the excess (only when some
+        record carries ``excess``); kNN top-1 at the evaluated steps (only when some record carries
+        ``knn_top1``). Every trace has ``legendgroup`` = run name and ``meta`` =
+        ``{"run": name, "series": "total" | criterion | "excess" | "knn_top1"}``; hovering shows the epoch.
     """
     names = list(metrics)
     colours = run_colors(names)
@@ -134,11 +189,31 @@ def loss_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], title: str =
     shade_of = {c: 0.12 + 0.33 * (i / max(1, len(criteria) - 1)) for i, c in enumerate(criteria)}
 
     has_knn = any(_float(r.get("knn_top1")) is not None for recs in runs.values() for r in recs)
+    has_excess = any(_float(r.get("excess")) is not None for recs in runs.values() for r in recs)
     # Totals and per-criterion losses get their own panels: an RCL total sums several criteria and would
     # flatten every other curve if they shared an axis.
-    knn_row = 3 if has_knn else None
-    fig = make_subplots(rows=3 if has_knn else 2, cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        row_heights=[0.36, 0.36, 0.28] if has_knn else [0.5, 0.5])
+    excess_row = 3 if has_excess else None
+    knn_row = (4 if has_excess else 3) if has_knn else None
+    n_rows = 2 + has_excess + has_knn
+    heights = {2: [0.5, 0.5], 3: [0.36, 0.36, 0.28], 4: [0.3, 0.3, 0.2, 0.2]}[n_rows]
+    fig = make_subplots(rows=n_rows, cols=1, shared_xaxes=True, vertical_spacing=0.06 if n_rows < 4 else 0.05,
+                        row_heights=heights)
+    marks: dict[tuple[float, str, str], list[str]] = {}  # (step, text, hover) -> runs, one label for all of them
+
+    def extra_line(name, recs, key, label, row, unit, fmt, first):
+        pts = [(r["step"], _float(r.get(key)), _float(r.get("epoch"))) for r in recs if _float(r.get(key)) is not None]
+        if not pts:
+            return first
+        steps, ys, epochs = zip(*pts)
+        fig.add_trace(go.Scatter(
+            x=list(steps), y=list(ys), customdata=[e if e is not None else float("nan") for e in epochs],
+            mode="lines+markers" if len(pts) <= 60 else "lines", name=label, legendgroup=name,
+            meta={"run": name, "series": key}, legendgrouptitle_text=name if first else None,
+            line=dict(color=colours[name], width=2), marker=dict(size=6, color=colours[name]),
+            hovertemplate=(f"<b>{html.escape(name)}</b> · {html.escape(label)}<br>"
+                           f"step %{{x}}<br>epoch %{{customdata:.2f}}<br>{unit} %{{y:{fmt}}}<extra></extra>"),
+        ), row=row, col=1)
+        return False
 
     for name in names:
         recs = runs[name]
@@ -163,40 +238,40 @@ def loss_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], title: str =
                                "step %{x}<br>epoch %{customdata:.2f}<br>loss %{y:.4f}<extra></extra>"),
             ), row=1 if total else 2, col=1)
             first = False
-        knn = [(r["step"], _float(r.get("knn_top1")), _float(r.get("epoch"))) for r in recs
-               if _float(r.get("knn_top1")) is not None]
-        if knn:
-            steps, ys, epochs = zip(*knn)
-            fig.add_trace(go.Scatter(
-                x=list(steps), y=list(ys), customdata=[e if e is not None else float("nan") for e in epochs],
-                mode="lines+markers", name="kNN top-1", legendgroup=name,
-                meta={"run": name, "series": "knn_top1"},
-                legendgrouptitle_text=name if first else None,
-                line=dict(color=colour, width=2), marker=dict(size=7, color=colour),
-                hovertemplate=(f"<b>{html.escape(name)}</b> · kNN top-1<br>"
-                               "step %{x}<br>epoch %{customdata:.2f}<br>top-1 %{y:.3f}<extra></extra>"),
-            ), row=knn_row, col=1)
-        # a resume restarts from the last checkpoint; marking it explains any kink in the curves
+        if has_excess:
+            first = extra_line(name, recs, "excess", "excess W·KL", excess_row, "excess", ".4f", first)
+        if has_knn:
+            extra_line(name, recs, "knn_top1", "kNN top-1", knn_row, "top-1", ".3f", first)
+        # a resume restarts from the last checkpoint, a change alters the loss mid-run: marking them
+        # explains any kink in the curves
         for rec in metrics[name]:
-            if isinstance(rec, Mapping) and rec.get("event") == "resume" and _float(rec.get("step")) is not None:
-                fig.add_vline(x=float(rec["step"]), line=dict(color=colour, dash="dot", width=1.2),
-                              row="all", col=1)
-                fig.add_annotation(x=float(rec["step"]), y=1.0, yref="y domain", xref="x",
-                                   text=f"resume ({html.escape(name)})", showarrow=False,
-                                   yanchor="bottom", font=dict(size=10, color=colour))
+            if not isinstance(rec, Mapping) or _float(rec.get("step")) is None:
+                continue
+            step = float(rec["step"])
+            if rec.get("event") == "resume":
+                fig.add_vline(x=step, line=dict(color=colour, dash="dot", width=1.2), row="all", col=1)
+                marks.setdefault((step, "resume", ""), []).append(name)
+            elif rec.get("event") == "change":
+                short, full = _event_text(rec)
+                fig.add_vline(x=step, line=dict(color=colour, dash="dashdot", width=1.4), row="all", col=1)
+                marks.setdefault((step, f"change: {short}", full), []).append(name)
+    lanes = _event_annotations(fig, marks, colours, runs, several=len(names) > 1)
 
     if not fig.data:
         _note(fig, "no training steps logged yet")
     fig.update_layout(
-        title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, height=820 if has_knn else 600,
+        title=dict(text=title, x=0.01), template=_template(), font=_FONT,
+        height={2: 600, 3: 820, 4: 980}[n_rows],
         legend=dict(groupclick="toggleitem", tracegroupgap=12, font=dict(size=12)),
-        margin=dict(l=70, r=20, t=70, b=60), hovermode="closest",
+        margin=dict(l=70, r=20, t=70 + 14 * max(0, lanes - 1), b=60), hovermode="closest",
     )
     fig.update_yaxes(title_text="total loss", row=1, col=1)
     fig.update_yaxes(title_text="per-criterion loss", row=2, col=1)
+    if has_excess:
+        fig.update_yaxes(title_text="excess W·KL(P_s‖P_f)", row=excess_row, col=1)
     if has_knn:
-        fig.update_yaxes(title_text="kNN top-1", row=3, col=1)
-    fig.update_xaxes(title_text="step", row=3 if has_knn else 2, col=1)
+        fig.update_yaxes(title_text="kNN top-1", row=knn_row, col=1)
+    fig.update_xaxes(title_text="step", row=n_rows, col=1)
     return fig
 
 
@@ -311,7 +386,7 @@ def results_table(summaries: Mapping[str, Mapping[str, Any] | None], title: str 
         _note(fig, "no runs")
     top = 56 if title else 8
     # a Table does not shrink to its rows: size the figure to header + rows, or it pads with blank space
-    fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT,
+    fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT,
                       height=top + header_h + sum(heights or [30]) + 28, margin=dict(l=10, r=10, t=top, b=8))
     return fig
 
@@ -388,7 +463,7 @@ def embedding_scatter(coords, labels, class_names=None, title: str = "", axis_na
     if not fig.data:
         _note(fig, "no points")
     fig.update_layout(
-        title=dict(text=title, x=0.01, subtitle=dict(text=subtitle or "")), template=_TEMPLATE,
+        title=dict(text=title, x=0.01, subtitle=dict(text=subtitle or "")), template=_template(),
         font=_FONT, height=540,
         legend=dict(title_text="class", itemsizing="constant", font=dict(size=12)),
         margin=dict(l=40, r=10, t=80 if subtitle else 60, b=40),
@@ -470,7 +545,7 @@ def learned_hierarchy(criteria_labels, criteria_names, true_labels, true_class_n
         fig = go.Figure()
         _note(fig, "No learned criteria in this run (e.g. MoCo uses the instance criterion only),<br>"
                    "so there is no learned hierarchy to show.")
-        fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, height=260,
+        fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT, height=260,
                           xaxis=dict(visible=False), yaxis=dict(visible=False))
         return fig
     if raw.ndim == 1:
@@ -478,7 +553,7 @@ def learned_hierarchy(criteria_labels, criteria_names, true_labels, true_class_n
     if raw.ndim == 2 and raw.shape[1] == 0 and t.shape[0] == 0:
         fig = go.Figure()
         _note(fig, "No samples to compare the learned criteria with.")
-        fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, height=260,
+        fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT, height=260,
                           xaxis=dict(visible=False), yaxis=dict(visible=False))
         return fig
     if raw.ndim != 2:
@@ -542,7 +617,7 @@ def learned_hierarchy(criteria_labels, criteria_names, true_labels, true_class_n
         maxdepth=-1,
     ), row=1, col=2)
 
-    fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT,
+    fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT,
                       height=max(460, 140 + 26 * len(cluster_ids)), margin=dict(l=20, r=40, t=90, b=60))
     return fig
 
@@ -638,7 +713,8 @@ def _pairs(info, criteria_names):
 
 
 def pull_push_map(info, criteria_names: Sequence[str] | None = None, order: Sequence[int] | None = None,
-                  key_order: Sequence[int] | None = None, title: str = "Pull / push: P_s − P_f") -> go.Figure:
+                  key_order: Sequence[int] | None = None, title: str = "Pull / push: P_s − P_f",
+                  hover=None) -> go.Figure:
     """Heatmap of ``info.relativeness − info.feature_similarity`` for every (anchor, key) pair.
 
     Parameters
@@ -648,6 +724,8 @@ def pull_push_map(info, criteria_names: Sequence[str] | None = None, order: Sequ
     criteria_names : names of the H criteria (fine -> coarse), for the hover text; default ``c0..``.
     order, key_order : row (anchor) and column (key) orders; e.g. :func:`hierarchy_order` of the labels.
         Default: as given (columns follow ``order`` in self-contrast).
+    hover : None (build the hover texts), or the texts of an earlier call with the same labels and
+        orders, or False (leave ``customdata`` out: a panel that keeps the texts it already sent).
 
     Returns
     -------
@@ -664,41 +742,62 @@ def pull_push_map(info, criteria_names: Sequence[str] | None = None, order: Sequ
     cols = (rows if info.self_contrast and key_order is None else
             np.arange(m) if key_order is None else np.asarray(key_order))
     z = (ps - pf)[np.ix_(rows, cols)]
-    rel_words = relation_names(names) + ["unrelated"]
-    relation = relation[np.ix_(rows, cols)]
-    marks = np.where(agree[:, rows][:, :, cols], "✓", "✗")  # (H, n, m)
-    hover = np.empty((len(rows), len(cols)), dtype=object)
-    for a in range(len(rows)):
-        for b in range(len(cols)):
-            crit = " ".join(f"{names[i]} {marks[i, a, b]}" for i in range(h))
-            self_pair = info.self_contrast and rows[a] == cols[b]
-            hover[a, b] = (f"anchor {rows[a]} · key {cols[b]}<br>"
-                           + ("self pair (excluded)" if self_pair else rel_words[relation[a, b]])
-                           + f"<br>{crit}<br>P_s {ps[rows[a], cols[b]]:.4f} · P_f {pf[rows[a], cols[b]]:.4f}")
+    if hover is None:
+        hover = _pair_hover(agree, relation, names, rows, cols, info.self_contrast)
+    elif hover is not False:
+        hover = np.asarray(hover, dtype=object)
+        if hover.shape != z.shape:
+            raise ValueError(f"hover must be the {z.shape} texts of an earlier call, got shape {hover.shape}")
     span = float(np.abs(z).max()) or 1.0
     fig = go.Figure(go.Heatmap(
         z=z, x=[str(c) for c in cols], y=[str(r) for r in rows], zmid=0.0, zmin=-span, zmax=span,
-        colorscale=[[0.0, _PUSH], [0.5, "#f7f7f7"], [1.0, _PULL]], customdata=hover,
+        colorscale=[[0.0, _PUSH], [0.5, "#f7f7f7"], [1.0, _PULL]], customdata=None if hover is False else hover,
         hovertemplate="%{customdata}<br>P_s − P_f %{z:.4f}<extra></extra>",
         colorbar=dict(title=dict(text="P_s − P_f"), tickvals=[-span, 0, span],
                       ticktext=[f"push ({-span:.2g})", "0", f"pull ({span:.2g})"]),
     ))
-    fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, height=560,
+    fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT, height=560,
                       xaxis=dict(title="key", type="category"), yaxis=dict(title="anchor", type="category",
                                                                            autorange="reversed"))
     return fig
 
 
+def _pair_hover(agree: np.ndarray, relation: np.ndarray, names: Sequence[str], rows: np.ndarray, cols: np.ndarray,
+                self_contrast: bool) -> np.ndarray:
+    """(n, m) hover texts: anchor and key, the pair's relation in words, its agreement per criterion.
+    Built with object-array operations: a Python loop over 65k pairs is what made a slider slow."""
+    words = np.array(relation_names(names) + ["unrelated"], dtype=object)
+    text = (np.array([f"anchor {r} · key " for r in rows], dtype=object)[:, None]
+            + np.array([f"{c}<br>" for c in cols], dtype=object)[None, :])
+    rel = words[relation[np.ix_(rows, cols)]]
+    if self_contrast:
+        rel = np.where(rows[:, None] == cols[None, :], "self pair (excluded)", rel).astype(object)
+    text = text + rel
+    for i, name in enumerate(names):
+        sep = "<br>" if i == 0 else " "
+        text = text + np.where(agree[i][np.ix_(rows, cols)], f"{sep}{name} ✓", f"{sep}{name} ✗").astype(object)
+    return text
+
+
 def pf_ps_scatter(info, criteria_names: Sequence[str] | None = None,
-                  title: str = "Feature similarity P_f against relativeness P_s") -> go.Figure:
+                  title: str = "Feature similarity P_f against relativeness P_s",
+                  max_points: int = 20_000) -> go.Figure:
     """Every (anchor, key) pair as a point (P_f, P_s), coloured by relation, with the diagonal.
 
     Above the diagonal (P_s > P_f) the loss pulls the pair; below it pushes. Self pairs are left out.
-    One trace per relation, named as in :func:`relation_names` plus "unrelated".
+    One trace per relation, named as in :func:`relation_names` plus "unrelated". A batch with more
+    than ``max_points`` pairs (a 1024 batch has a million) shows an even sample of each relation
+    (at most ``max_points`` / relations each, fixed seed), and the subtitle says so.
     """
+    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
+        raise ValueError(f"max_points must be an integer >= 1, got {max_points!r}")
     ps, pf, agree, names, valid, relation = _pairs(info, criteria_names)
     h = agree.shape[0]
     words = relation_names(names) + ["unrelated"]
+    present = [r for r in range(h + 1) if (valid & (relation == r)).any()]
+    quota = max_points // max(1, len(present)) if int(valid.sum()) > max_points else None
+    rng = np.random.default_rng(0)
+    shown = 0
     fig = go.Figure()
     top = float(max(ps[valid].max(initial=0), pf[valid].max(initial=0))) * 1.05 or 1.0
     fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="P_f = P_s",
@@ -709,8 +808,12 @@ def pf_ps_scatter(info, criteria_names: Sequence[str] | None = None,
             continue
         colour = "#9e9e9e" if r == h else _RELATION_COLOURS[r % len(_RELATION_COLOURS)]
         a, b = np.nonzero(sel)
+        if quota is not None and a.size > quota:
+            keep = np.sort(rng.choice(a.size, quota, replace=False))
+            a, b = a[keep], b[keep]
+        shown += a.size
         fig.add_trace(go.Scattergl(
-            x=pf[sel], y=ps[sel], mode="markers", name=word, meta={"relation": word},
+            x=pf[a, b], y=ps[a, b], mode="markers", name=word, meta={"relation": word, "pairs": int(sel.sum())},
             marker=dict(size=6, color=colour, opacity=0.75), customdata=np.stack([a, b], 1),
             hovertemplate=(f"{html.escape(word)}<br>anchor %{{customdata[0]}} · key %{{customdata[1]}}<br>"
                            "P_f %{x:.4f} · P_s %{y:.4f}<extra></extra>")))
@@ -718,8 +821,10 @@ def pf_ps_scatter(info, criteria_names: Sequence[str] | None = None,
                        font=dict(color=_PULL))
     fig.add_annotation(x=0.95 * top, y=0.03 * top, text="pushed (P_s < P_f)", showarrow=False, xanchor="right",
                        font=dict(color=_PUSH))
-    fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, height=520,
-                      xaxis=dict(title="P_f (feature similarity)", range=[0, top]),
+    sub = (f"{shown:,} of {int(valid.sum()):,} pairs shown: an even sample of each relation"
+           if quota is not None else "")
+    fig.update_layout(title=dict(text=title, x=0.01, subtitle=dict(text=sub)), template=_template(), font=_FONT,
+                      height=520, xaxis=dict(title="P_f (feature similarity)", range=[0, top]),
                       yaxis=dict(title="P_s (relativeness)", range=[0, top]))
     return fig
 
@@ -752,7 +857,529 @@ def pull_share(infos: Mapping[str, Any], criteria_names: Sequence[str],
                              textposition="outside",
                              hovertemplate=f"{html.escape(loss_name)}<br>%{{x}}: %{{y:.1%}} of %{{customdata}} "
                                            "pairs pulled<extra></extra>"))
-    fig.update_layout(title=dict(text=title, x=0.01), template=_TEMPLATE, font=_FONT, barmode="group", height=420,
+    fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT, barmode="group", height=420,
                       yaxis=dict(title="pairs pulled", tickformat=".0%", range=[0, 1.12]),
                       xaxis=dict(title="relation of the pair"))
+    return fig
+
+
+# ------------------------------------------------------------------------------------- gradient field
+
+def _finite_matrix(name: str, x, cols: int | None = None) -> np.ndarray:
+    """``x`` as a finite float (N, cols) array, or a ValueError naming the argument."""
+    a = _np(x)
+    try:
+        a = a.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numeric, got dtype {a.dtype}") from None
+    if a.ndim != 2 or (cols is not None and a.shape[1] != cols):
+        want = f"(N, {cols})" if cols is not None else "(N, D)"
+        raise ValueError(f"{name} must have shape {want}, got {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} must be finite (no NaN/Inf)")
+    return a
+
+
+def _point_labels(name: str, labels, n: int) -> np.ndarray:
+    lab = _np(labels)
+    if lab.ndim != 1 or lab.shape[0] != n:
+        raise ValueError(f"{name} must have shape (N,) = ({n},), got {lab.shape}")
+    if lab.dtype.kind == "f" and not np.isfinite(lab).all():
+        raise ValueError(f"{name} must be finite (no NaN)")
+    return lab
+
+
+def _gapped(*columns: np.ndarray) -> np.ndarray:
+    """Columns (N,) interleaved row by row, each row ended by NaN: one line trace of N separate pieces
+    (plotly leaves a gap at NaN), built without a Python loop."""
+    n = columns[0].shape[0]
+    out = np.full((n, len(columns) + 1), np.nan)
+    for j, c in enumerate(columns):
+        out[:, j] = c
+    return out.ravel()
+
+
+def _arrow_heads(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Closed triangles at ``ends`` pointing away from ``starts``, NaN-separated for one filled trace."""
+    v = ends - starts
+    length = np.hypot(v[:, 0], v[:, 1])
+    u = v / np.maximum(length, 1e-300)[:, None]
+    perp = np.stack([-u[:, 1], u[:, 0]], 1)
+    # a head never longer than about half its arrow, so short arrows stay arrows, not triangles
+    head = np.minimum(0.06, 0.45 * length)[:, None]
+    base = ends - head * u
+    a, b = base + 0.5 * head * perp, base - 0.5 * head * perp
+    return (_gapped(ends[:, 0], a[:, 0], b[:, 0], ends[:, 0]), _gapped(ends[:, 1], a[:, 1], b[:, 1], ends[:, 1]))
+
+
+def gradient_field(points, gradients, labels=None, class_names=None,
+                   title: str = "Where gradient descent moves each feature") -> go.Figure:
+    """2-D features on the unit circle with an arrow per point: the direction gradient descent moves it.
+
+    Parameters
+    ----------
+    points : array-like, shape (N, 2)
+        2-D features (unit vectors; rows are L2-normalised for drawing). A zero row has no direction
+        on the circle and is an error.
+    gradients : array-like, shape (N, 2)
+        ``d loss / d point`` for each point (e.g. from autograd on the features).
+    labels : array-like, shape (N,), optional
+        Fine-cluster (or class) id of each point, for the colours; one legend entry per class.
+    class_names : sequence or dict, optional
+        Display name per label.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    go.Figure
+        The unit circle (``meta={"kind": "circle"}``); the points, one trace per class
+        (``meta={"kind": "points", "label": ...}``); the arrow shafts as one trace of segments
+        ``point -> point + s · t`` separated by None (``meta={"kind": "arrows", "index": [...],
+        "scale": s}``) and their triangular heads (``meta={"kind": "arrow_heads"}``). ``t`` is −gradient
+        with its radial component removed — a unit-norm feature can only move along the circle — and
+        ``s`` makes the longest arrow 0.25 of the radius; the subtitle states ``s``. Points whose
+        tangential gradient is zero get no arrow. Axes span −1.4..1.4 at equal aspect.
+    """
+    xy = _finite_matrix("points", points, 2)
+    grad = _finite_matrix("gradients", gradients, 2)
+    if grad.shape != xy.shape:
+        raise ValueError(f"gradients must have the shape of points {xy.shape}, got {grad.shape}")
+    n = xy.shape[0]
+    lab = None if labels is None else _point_labels("labels", labels, n)
+    norm = np.linalg.norm(xy, axis=1)
+    if (norm == 0).any():
+        raise ValueError(f"points must be non-zero (row {int(np.argmin(norm))} is 0): its direction is undefined")
+    unit = xy / norm[:, None] if n else xy
+    descent = -grad
+    tangent = descent - (descent * unit).sum(1, keepdims=True) * unit
+    size = np.linalg.norm(tangent, axis=1)
+    longest = float(size.max(initial=0.0))
+    # a float-rounding residue of a purely radial gradient is no movement along the circle
+    moving = size > max(1e-12, 1e-9 * longest) if n else np.zeros(0, dtype=bool)
+    scale = 0.25 / longest if moving.any() else 0.0
+    ends = unit + scale * tangent
+
+    fig = go.Figure()
+    theta = np.linspace(0, 2 * np.pi, 241)
+    fig.add_trace(go.Scatter(x=np.cos(theta), y=np.sin(theta), mode="lines", name="unit circle",
+                             meta={"kind": "circle"}, line=dict(color="#b0b7c3", width=1.5),
+                             hoverinfo="skip", showlegend=False))
+
+    idx = np.nonzero(moving)[0]
+    sx, sy = _gapped(unit[idx, 0], ends[idx, 0]), _gapped(unit[idx, 1], ends[idx, 1])
+    fig.add_trace(go.Scatter(x=sx, y=sy, mode="lines", name="descent step", showlegend=False,
+                             meta={"kind": "arrows", "index": idx.tolist(), "scale": scale},
+                             line=dict(color="#333a45", width=2), hoverinfo="skip"))
+    hx, hy = _arrow_heads(unit[idx], ends[idx])
+    fig.add_trace(go.Scatter(x=hx, y=hy, mode="lines", fill="toself", fillcolor="#333a45", name="arrow heads",
+                             meta={"kind": "arrow_heads"}, line=dict(color="#333a45", width=1),
+                             hoverinfo="skip", showlegend=False))
+
+    # counter-clockwise when the step turns the point the way the angle grows (cross product > 0)
+    turn = unit[:, 0] * tangent[:, 1] - unit[:, 1] * tangent[:, 0]
+    how = np.where(~moving, "does not move", np.where(turn > 0, "moves counter-clockwise", "moves clockwise"))
+    groups = [(None, np.ones(n, dtype=bool))] if lab is None else [(u, lab == u) for u in np.unique(lab)]
+    if lab is not None:
+        slot, n_slots = _palette_index(lab, class_names)
+        palette = class_colors(max(n_slots, 1))
+    for u, mask in groups:
+        if not mask.any():
+            continue
+        name = "points" if u is None else _class_name(u, class_names)
+        colour = _RUN_PALETTE[0] if u is None else palette[slot[u] % len(palette)]
+        ii = np.nonzero(mask)[0]
+        hover = [f"sample {i}" + ("" if u is None else f" · {html.escape(name)}")
+                 + f"<br>|tangential −∇| {size[i]:.3g}<br>{how[i]}" for i in ii]
+        fig.add_trace(go.Scatter(
+            x=unit[mask, 0], y=unit[mask, 1], mode="markers", name=name, showlegend=u is not None,
+            meta={"kind": "points", "label": None if u is None else (u.item() if hasattr(u, "item") else u)},
+            marker=dict(size=11, color=colour, line=dict(width=1, color="white")),
+            hovertext=hover, hovertemplate="%{hovertext}<extra></extra>"))
+
+    if n == 0:
+        _note(fig, "no points")
+    elif not moving.any():
+        _note(fig, "every gradient is zero or radial: no point moves along the circle")
+    sub = (f"arrow = s · (−∇ with its radial part removed), s = {scale:.3g}: the longest arrow is 0.25 of the radius"
+           if moving.any() else "")
+    fig.update_layout(title=dict(text=title, x=0.01, subtitle=dict(text=sub)), template=_template(), font=_FONT,
+                      height=640, width=720, margin=dict(l=40, r=10, t=90, b=40),
+                      legend=dict(title_text="class" if lab is not None else None, itemsizing="constant"))
+    fig.update_xaxes(range=[-1.4, 1.4], zeroline=False, title_text="feature 1", constrain="domain")
+    fig.update_yaxes(range=[-1.4, 1.4], zeroline=False, title_text="feature 2", scaleanchor="x", scaleratio=1)
+    return fig
+
+
+# ---------------------------------------------------------------------------------- level embeddings
+
+_CONTINUOUS_FROM = 20  # more classes than this and no discrete palette stays readable: a colour scale
+
+
+def _level_class_names(class_names, level_names: list[str]):
+    """Per-level display names from a list (one entry per level) or a dict level name -> names."""
+    if class_names is None:
+        return [None] * len(level_names)
+    if isinstance(class_names, Mapping):
+        return [class_names.get(lv) for lv in level_names]
+    out = list(class_names)
+    if len(out) != len(level_names):
+        raise ValueError(f"class_names must have one entry per level ({len(level_names)}), got {len(out)}")
+    return out
+
+
+def level_embeddings(coords, levels, level_names, class_names=None, title: str = "Embedding by level",
+                     axis_name: str = "UMAP") -> go.Figure:
+    """The same 2-D layout once per level, side by side, each panel coloured by that level's labels.
+
+    Parameters
+    ----------
+    coords : array-like, shape (N, 2)
+        A layout of the samples, e.g. ``umap_embedding(features).coords``.
+    levels : array-like of ints, shape (L, N)
+        Labels of each sample at each level: ground-truth levels or learned criteria alike (a label
+        < 0 is a learned criterion's "unsure" and is drawn grey). A 1-D array is one level.
+    level_names : sequence of str, length L
+        Panel titles ("fine", "coarse", "proto-64" ...).
+    class_names : list (one entry per level) or dict level name -> names, optional
+        Display names of each level's labels (a sequence indexed by label, a dict, or None).
+    title : str
+        Figure title.
+    axis_name : str
+        Name of the layout method, for the axis titles.
+
+    Returns
+    -------
+    go.Figure
+        One panel per level, at most 3 per row, with a shared range and equal aspect. Each panel is one
+        trace (``meta={"level": name, "n_classes": k, "colouring": "discrete" | "continuous"}``): with up
+        to 20 classes ``marker.color`` is :func:`class_colors` indexed by label, as in
+        :func:`embedding_scatter`; with more, the "Turbo" scale over the label values. Labels < 0 are
+        grey (``#bdbdbd``). There is no legend:
+        hovering a point names its class at every level.
+    """
+    xy = _finite_matrix("coords", coords, 2)
+    n = xy.shape[0]
+    lev = _np(levels)
+    if lev.ndim == 1:
+        lev = lev[None, :]
+    if lev.ndim != 2 or lev.shape[1] != n:
+        raise ValueError(f"levels must have shape (L, N) with N = {n} (one row per level), got {lev.shape}")
+    if lev.dtype.kind == "f":
+        if not np.isfinite(lev).all() or (lev != np.round(lev)).any():
+            raise ValueError("levels must hold integer labels (no NaN, no fractions)")
+        lev = lev.astype(np.int64)
+    elif lev.dtype.kind not in "iub":
+        raise ValueError(f"levels must hold integer labels, got dtype {lev.dtype}")
+    names = [str(x) for x in (list(level_names) if level_names is not None else [])]
+    if len(names) != lev.shape[0]:
+        raise ValueError(f"level_names must name each of the {lev.shape[0]} levels, got {names}")
+    per_level_names = _level_class_names(class_names, names)
+    n_levels = len(names)
+    if n_levels == 0:
+        fig = go.Figure()
+        _note(fig, "no levels to colour by")
+        fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT, height=260,
+                          xaxis=dict(visible=False), yaxis=dict(visible=False))
+        return fig
+
+    cols = min(3, n_levels)
+    rows = math.ceil(n_levels / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[html.escape(x) for x in names],
+                        horizontal_spacing=0.04, vertical_spacing=0.1 if rows > 1 else 0.0)
+
+    def shown(label, cn):
+        return "unsure" if cn is None and label < 0 else _class_name(label, cn)
+
+    # every level's class of each point, so one hover answers "what is this at each level?"
+    words = [[shown(v, cn) for v in row] for row, cn in zip(lev.tolist(), per_level_names)]
+    hover_all = ["<br>".join(f"{html.escape(names[l])}: {html.escape(words[l][i])}" for l in range(n_levels))
+                 for i in range(n)]
+    scatter = go.Scattergl if n > 5000 else go.Scatter
+    for l, (name, lab, cn) in enumerate(zip(names, lev, per_level_names)):
+        r, c = l // cols + 1, l % cols + 1
+        known = lab[lab >= 0]
+        n_classes = int(np.unique(known).size)
+        marker = dict(size=5 if n > 2000 else 7, opacity=0.85, line=dict(width=0.3, color="white"))
+        if n_classes <= _CONTINUOUS_FROM:
+            slot, n_slots = _palette_index(known, cn)
+            palette = class_colors(max(n_slots, 1))
+            marker["color"] = [palette[slot[v] % len(palette)] if v >= 0 else "#bdbdbd" for v in lab.tolist()]
+            colouring = "discrete"
+        else:
+            # sampled by hand rather than a colorscale, so an "unsure" point can stay grey
+            lo_, hi_ = float(known.min()), float(known.max())
+            scale = pcolors.sample_colorscale("Turbo", [(v - lo_) / ((hi_ - lo_) or 1.0) for v in known.tolist()])
+            it = iter(scale)
+            marker["color"] = [next(it) if v >= 0 else "#bdbdbd" for v in lab.tolist()]
+            colouring = "continuous"
+        fig.add_trace(scatter(
+            x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, showlegend=False, marker=marker,
+            meta={"level": name, "n_classes": n_classes, "colouring": colouring},
+            customdata=np.arange(n),
+            hovertext=[f"<b>{html.escape(name)}: {html.escape(words[l][i])}</b><br>{hover_all[i]}"
+                       for i in range(n)],
+            hovertemplate="%{hovertext}<br>sample %{customdata}<extra></extra>",
+        ), row=r, col=c)
+
+    if n == 0:
+        _note(fig, "no points")
+        lo, hi = np.zeros(2) - 1, np.ones(2)
+    else:
+        lo, hi = xy.min(0), xy.max(0)
+    pad = 0.05 * max(float((hi - lo).max()), 1e-9)
+    fig.update_xaxes(range=[lo[0] - pad, hi[0] + pad], showticklabels=False, zeroline=False, showgrid=False,
+                     title_text=f"{axis_name} 1", constrain="domain")
+    for l in range(n_levels):
+        r, c = l // cols + 1, l % cols + 1
+        ref = fig.get_subplot(r, c)
+        fig.update_yaxes(range=[lo[1] - pad, hi[1] + pad], showticklabels=False, zeroline=False, showgrid=False,
+                         title_text=f"{axis_name} 2" if c == 1 else None,
+                         scaleanchor=ref.xaxis.plotly_name.replace("axis", ""), scaleratio=1,
+                         constrain="domain", row=r, col=c)
+    fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT,
+                      height=120 + 420 * rows, margin=dict(l=40, r=10, t=90, b=40))
+    return fig
+
+
+# ---------------------------------------------------------------------------------- prototype tree
+
+def _cosine_linkage(protos: np.ndarray) -> np.ndarray:
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
+    unit = protos / np.linalg.norm(protos, axis=1, keepdims=True)
+    dist = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)  # rounding can make 1 - cos slightly negative
+    dist = (dist + dist.T) / 2
+    np.fill_diagonal(dist, 0.0)
+    return linkage(squareform(dist, checks=False), method="average")
+
+
+def prototype_dendrogram(prototypes, names=None, counts=None,
+                         title: str = "Prototype hierarchy (average linkage, cosine distance)") -> go.Figure:
+    """A dendrogram of one level's online-clustering prototypes.
+
+    Parameters
+    ----------
+    prototypes : array-like, shape (K, D)
+        Prototype vectors (unit norm expected; rows are normalised, a zero row is an error).
+    names : sequence of str, length K, optional
+        Leaf labels; default ``"#i"``.
+    counts : sequence of int, length K, optional
+        Samples assigned to each prototype, appended to its label: ``"#3 (41)"``.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    go.Figure
+        Leaves down the left (y axis tick labels, in dendrogram order), cosine distance 1 − cos along
+        x. Built from ``scipy.cluster.hierarchy.linkage(method="average")`` on cosine distances: each
+        merge is a ⊐-shaped path of 4 points in the trace ``meta={"kind": "links"}`` (paths separated by
+        None, in merge order, leaves at x = 0), and a marker at each merge (``meta={"kind": "merges"}``) whose hover gives the
+        distance and the leaves below it. K < 2 gives a figure with a note.
+    """
+    protos = _finite_matrix("prototypes", prototypes)
+    k = protos.shape[0]
+    labels = [f"#{i}" for i in range(k)] if names is None else [str(x) for x in names]
+    if len(labels) != k:
+        raise ValueError(f"names must have one name per prototype ({k}), got {len(labels)}")
+    if counts is not None:
+        cnt = _np(counts).ravel()
+        if cnt.shape[0] != k:
+            raise ValueError(f"counts must have one value per prototype ({k}), got {cnt.shape[0]}")
+        if cnt.dtype.kind == "f" and not np.isfinite(cnt).all():
+            raise ValueError("counts must be finite (no NaN)")
+        labels = [f"{lb} ({int(c)})" for lb, c in zip(labels, cnt)]
+    fig = go.Figure()
+    if k < 2:
+        _note(fig, f"{k} prototype{'s' if k != 1 else ''}: a hierarchy needs at least 2")
+        fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT, height=260,
+                          xaxis=dict(visible=False), yaxis=dict(visible=False))
+        return fig
+    zero = np.linalg.norm(protos, axis=1) == 0
+    if zero.any():
+        raise ValueError(f"prototypes must be non-zero (row {int(np.argmax(zero))} is 0): cosine distance is undefined")
+
+    from scipy.cluster.hierarchy import leaves_list
+
+    z = _cosine_linkage(protos)
+    order = leaves_list(z)  # the dendrogram's leaf order: no link crosses another
+    # scipy's layout: leaf j of the order at 5 + 10 j, a merge midway between its two children
+    pos = np.zeros(2 * k - 1)
+    pos[order] = 5.0 + 10.0 * np.arange(k)
+    height = np.zeros(2 * k - 1)
+    below = {i: [labels[i]] for i in range(k)}
+    lx, ly, mx, my, mtext = [], [], [], [], []
+    for m, (a, b, d, _) in enumerate(z):  # in merge order: the first path is the closest pair
+        a, b, node = int(a), int(b), k + m
+        pos[node], height[node] = (pos[a] + pos[b]) / 2, d
+        below[node] = below[a] + below[b]
+        lx += [height[a], d, d, height[b], None]
+        ly += [pos[a], pos[a], pos[b], pos[b], None]
+        mx.append(d)
+        my.append(pos[node])
+        mtext.append(f"merge at cosine distance {d:.3f}<br>{len(below[node])} prototypes: "
+                     f"{html.escape(', '.join(below[node][:12]))}{' …' if len(below[node]) > 12 else ''}")
+    fig.add_trace(go.Scatter(x=lx, y=ly, mode="lines", name="links", meta={"kind": "links"}, showlegend=False,
+                             line=dict(color="#3b5b92", width=1.8), hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=mx, y=my, mode="markers", name="merges", meta={"kind": "merges"}, showlegend=False,
+                             marker=dict(size=6, color="#3b5b92"), hovertext=mtext,
+                             hovertemplate="%{hovertext}<extra></extra>"))
+    top = float(z[:, 2].max()) or 1.0
+    font_size = 12 if k <= 40 else 10 if k <= 120 else 8
+    fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT,
+                      height=int(min(max(360, 120 + (22 if k <= 40 else 15 if k <= 120 else 10) * k), 2600)),
+                      margin=dict(l=20, r=20, t=70, b=50), hovermode="closest")
+    fig.update_xaxes(title_text="cosine distance (1 − cos)", range=[-0.02 * top, 1.05 * top], zeroline=False)
+    fig.update_yaxes(tickmode="array", tickvals=list(5.0 + 10.0 * np.arange(k)),
+                     ticktext=[html.escape(labels[i]) for i in order], tickfont=dict(size=font_size),
+                     range=[10.0 * k, 0.0], showgrid=False, zeroline=False, ticks="")
+    return fig
+
+
+# ---------------------------------------------------------------------------------- run comparison
+
+_METRIC_LABELS = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1"}
+_LEVEL_METRICS = {"knn_top1_per_level": "kNN", "nmi": "NMI", "learned_nmi": "learned NMI"}
+
+
+def _metric_value(where: str, value) -> tuple[float | None, float | None, int | None]:
+    """(mean, std, n) of a summary value: a number, or a benchmark aggregate {"mean", "std", "n"}."""
+    if value is None:
+        return None, None, None
+    if isinstance(value, Mapping):
+        if "mean" not in value:
+            raise ValueError(f"{where} must be a number or {{'mean', 'std', 'n'}}, got keys {sorted(value)}")
+        mean, std = _float(value.get("mean")), _float(value.get("std"))
+        if mean is None and value.get("mean") is not None:
+            raise ValueError(f"{where}['mean'] must be a number, got {value.get('mean')!r}")
+        n = value.get("n")
+        return mean, std, int(n) if _float(n) is not None else None
+    if isinstance(value, bool) or _float(value) is None:
+        raise ValueError(f"{where} must be a number or {{'mean', 'std', 'n'}}, got {value!r}")
+    return _float(value), None, None
+
+
+def _comparison_metrics(summaries) -> list[tuple[str, str, str | None]]:
+    """(label, key, level) for every metric some summary has, in the report's order."""
+    out = [(_METRIC_LABELS[k], k, None) for k in _METRIC_LABELS
+           if any(isinstance(s, Mapping) and s.get(k) is not None for s in summaries.values())]
+    for key, word in _LEVEL_METRICS.items():
+        levels = _levels({n: s for n, s in summaries.items() if isinstance(s, Mapping)}, key)
+        if key == "knn_top1_per_level" and len(levels) < 2:
+            continue  # one level: "kNN top-1" already is that level's kNN (as in the results table)
+        out += [(f"{word} {lv}", key, lv) for lv in levels]
+    return out
+
+
+def run_comparison(summaries: Mapping[str, Mapping[str, Any] | None], metrics: Sequence[str] | None = None,
+                   title: str = "Run comparison") -> go.Figure:
+    """Grouped bars of the runs' results: one group per metric, one bar per run.
+
+    Parameters
+    ----------
+    summaries : dict run name -> summary dict
+        As the trainer writes ``summary.json``: ``knn_top1``, ``linear_top1`` and per-level dicts
+        ``knn_top1_per_level``, ``nmi`` (k-means), ``learned_nmi`` ({level: value}). A value may also be
+        a benchmark aggregate ``{"mean": m, "std": s, "n": k}``: the bar is the mean, with a ±std error
+        bar. A run lacking a metric (or a ``None`` summary) has no bar there; a non-finite value is not
+        drawn and a note lists it.
+    metrics : sequence of str, optional
+        Which metrics, in order: x labels as shown ("kNN top-1", "linear top-1", "kNN fine",
+        "NMI fine", "learned NMI fine"), or summary keys ("knn_top1", "nmi" for every level of it,
+        "nmi.fine" for one). Default: every metric some run has (per-level kNN only when there are
+        two levels or more, since with one it repeats kNN top-1).
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    go.Figure
+        Bars in the run's colour, x = metric labels, y = values, text = the value ("0.912", or
+        "0.912<br>±0.010" for an aggregate). A run has one ``go.Bar`` for its plain values and one for its
+        aggregates (``meta={"run": name, "std": False | True}``), sharing one slot per group and one
+        legend entry; the aggregate trace's ``error_y.array`` holds the stds.
+    """
+    if not isinstance(summaries, Mapping):
+        raise ValueError(f"summaries must be a dict run name -> summary dict, got {type(summaries).__name__}")
+    for name, s in summaries.items():
+        if s is not None and not isinstance(s, Mapping):
+            raise ValueError(f"summaries[{name!r}] must be a summary dict or None, got {type(s).__name__}")
+    available = _comparison_metrics(summaries)
+    if metrics is None:
+        chosen = available
+    else:
+        by_label = {lb: (lb, key, lv) for lb, key, lv in available}
+        chosen = []
+        for m in metrics:
+            m = str(m)
+            if m in by_label:
+                chosen.append(by_label[m])
+            elif m in _METRIC_LABELS:
+                chosen.append((_METRIC_LABELS[m], m, None))
+            elif m in _LEVEL_METRICS:
+                chosen += [t for t in available if t[1] == m]
+            elif "." in m and m.split(".", 1)[0] in _LEVEL_METRICS:
+                key, lv = m.split(".", 1)
+                chosen.append((f"{_LEVEL_METRICS[key]} {lv}", key, lv))
+            else:
+                raise ValueError(f"metrics: unknown metric {m!r}; use a label ({', '.join(by_label) or 'none here'}) "
+                                 f"or a key ({', '.join(list(_METRIC_LABELS) + list(_LEVEL_METRICS))}, 'nmi.<level>')")
+        chosen = list(dict.fromkeys(chosen))
+
+    names = list(summaries)
+    colours = run_colors(names)
+    fig = go.Figure()
+    skipped, top = [], 0.0
+    cells = {}
+    for name in names:
+        s = summaries[name] or {}
+        for label, key, lv in chosen:
+            raw = s.get(key) if lv is None else (s.get(key) or {}).get(lv) if isinstance(s.get(key), Mapping) else None
+            where = f"summaries[{name!r}][{key!r}]" + ("" if lv is None else f"[{lv!r}]")
+            mean, std, count = _metric_value(where, raw)
+            if mean is None:
+                continue
+            if not math.isfinite(mean):
+                skipped.append(f"{name}: {label}")
+                continue
+            std = std if std is not None and math.isfinite(std) else None
+            cells[(name, label)] = (mean, std, count)
+            top = max(top, mean + (std or 0.0))
+    for name in names:
+        rows = [(label, *cells[(name, label)]) for label, _, _ in chosen if (name, label) in cells]
+        # Values with a std and without go in separate traces: plotly draws a flat cap for a missing std. The
+        # two share the run's slot in each group (offsetgroup) and its legend entry.
+        parts = [[r for r in rows if r[2] is None], [r for r in rows if r[2] is not None]]
+        for part, with_std in ((p, bool(i)) for i, p in enumerate(parts) if p):
+            xs, ys, sds, ns = zip(*part)
+            text = [f"{y:.3f}" + (f"<br>±{sd:.3f}" if with_std else "") for y, sd in zip(ys, sds)]
+            hover = [f"<b>{html.escape(name)}</b><br>{html.escape(x)}: {t.replace('<br>', ' ')}"
+                     + (f"<br>n = {k}" if k is not None else "") for x, t, k in zip(xs, text, ns)]
+            fig.add_trace(go.Bar(
+                x=list(xs), y=list(ys), name=name, meta={"run": name, "std": with_std}, marker_color=colours[name],
+                offsetgroup=name, legendgroup=name, showlegend=not (with_std and parts[0]),
+                # inside the bar (outside only when it is too short): at its top, or mid-height where an error
+                # bar crosses the top
+                text=text, textposition="auto", insidetextanchor="middle" if with_std else "end", cliponaxis=False,
+                hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
+                error_y=dict(type="data", array=list(sds), visible=True, color="#222", thickness=1.5,
+                             width=5) if with_std else None,
+            ))
+    if not fig.data:
+        _note(fig, "no runs to compare" if not summaries else "no metrics to compare in these summaries")
+    elif skipped:
+        fig.add_annotation(text="not drawn (not finite): " + html.escape("; ".join(skipped)), x=0, y=-0.2,
+                           xref="paper", yref="paper", xanchor="left", showarrow=False,
+                           font=dict(size=11, color="#777"))
+    n_bars = sum(len(t.x) for t in fig.data)
+    # upright value labels no longer fit once the bars get narrow
+    fig.update_traces(textangle=-90 if n_bars > 24 else 0, textfont=dict(size=10 if n_bars > 24 else 11))
+    fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT, barmode="group",
+                      height=460, bargap=0.18, margin=dict(l=60, r=20, t=70, b=90 if skipped else 60),
+                      legend=dict(title_text="run", tracegroupgap=2),
+                      xaxis=dict(title="metric", categoryorder="array",
+                                 categoryarray=list(dict.fromkeys(lb for lb, _, _ in chosen))),
+                      yaxis=dict(title="score", range=[0, max(1.0, top) * 1.08]))
     return fig

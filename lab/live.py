@@ -82,6 +82,7 @@ class LiveTraining:
         self._thread: threading.Thread | None = None
         self._resume = threading.Event()
         self._resume.set()
+        self.held = threading.Event()  # set while a pause holds the training thread
         self._last_draw = 0.0
         self.view: LiveView | None = None  # the widgets, once widget() made them
         self.last_explanation = None  # (RCLExplanation, names) of the inspection batch, last refresh
@@ -190,10 +191,12 @@ class LiveTraining:
 
     def _on_event(self, event: Event) -> None:
         """Listener, in the training thread: pause here, redraw now and then."""
-        if event.kind == "step":
+        if event.kind == "step" and not self._resume.is_set():
+            self.held.set()
             while not self._resume.wait(0.2):
                 if self.trainer._stop.is_set():
                     break
+            self.held.clear()
         if event.kind in ("step", "epoch", "change", "resume", "stop", "end"):
             self._draw(force=event.kind != "step")
 

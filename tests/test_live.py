@@ -180,10 +180,10 @@ def test_live_pause_holds_the_loop_between_steps(tmp_path):
     live.start()
     assert live.wait_for(2, timeout=60)
     live.pause()
-    time.sleep(0.3)
+    assert live.held.wait(60)  # the thread reached the end of its step and waits there
     held = live.trainer.step
     time.sleep(0.5)
-    assert live.trainer.step == held and live.state == "paused"
+    assert live.trainer.step == held and live.state == "paused" and live.held.is_set()
     live.pause()  # again: go on
     assert live.wait_for(held + 2, timeout=60)
     live.stop(timeout=60)
