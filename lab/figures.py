@@ -45,6 +45,7 @@ __all__ = [
     "level_embeddings",
     "prototype_dendrogram",
     "run_comparison",
+    "criteria_agreement",
 ]
 
 _RUN_PALETTE = pcolors.qualitative.Plotly
@@ -1382,4 +1383,44 @@ def run_comparison(summaries: Mapping[str, Mapping[str, Any] | None], metrics: S
                       xaxis=dict(title="metric", categoryorder="array",
                                  categoryarray=list(dict.fromkeys(lb for lb, _, _ in chosen))),
                       yaxis=dict(title="score", range=[0, max(1.0, top) * 1.08]))
+    return fig
+
+
+def criteria_agreement(criteria_nmi: Mapping[str, Mapping[str, float]],
+                       criteria_ari: Mapping[str, Mapping[str, float]] | None = None,
+                       title: str = "Learned criteria against the ground truth") -> go.Figure:
+    """Heatmap of NMI: one row per learned criterion, one column per ground-truth level (the
+    ``criteria_nmi`` / ``criteria_ari`` of a run's summary). Cell text is NMI (ARI on hover).
+
+    A faithful hierarchy has its high values on the diagonal from (fine criterion, fine level) to
+    (coarse criterion, coarse level). An empty mapping (a run that learns no criteria) gives a note.
+    """
+    rows = list(criteria_nmi)
+    cols: list[str] = []
+    for r in rows:
+        for level in criteria_nmi[r]:
+            if level not in cols:
+                cols.append(level)
+    fig = go.Figure()
+    if not rows or not cols:
+        _note(fig, "no learned criteria: this run (e.g. MoCo v3) learns no clustering")
+    else:
+        z = np.full((len(rows), len(cols)), np.nan)
+        ari = np.full_like(z, np.nan)
+        for i, r in enumerate(rows):
+            for j, level in enumerate(cols):
+                v = _float(criteria_nmi[r].get(level))
+                if v is not None and not math.isfinite(v):
+                    raise ValueError(f"criteria_nmi[{r!r}][{level!r}] must be finite, got {v}")
+                z[i, j] = np.nan if v is None else v
+                a = _float((criteria_ari or {}).get(r, {}).get(level))
+                ari[i, j] = np.nan if a is None else a
+        text = np.where(np.isnan(z), _MISSING, np.char.mod("%.2f", np.nan_to_num(z)))
+        fig.add_trace(go.Heatmap(
+            z=z, x=cols, y=rows, zmin=0, zmax=1, colorscale="Blues", text=text, texttemplate="%{text}",
+            customdata=ari, colorbar=dict(title=dict(text="NMI")),
+            hovertemplate="%{y} against %{x}<br>NMI %{z:.3f}<br>ARI %{customdata:.3f}<extra></extra>"))
+    fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT,
+                      height=max(260, 90 + 60 * len(rows)), xaxis=dict(title="ground-truth level", side="bottom"),
+                      yaxis=dict(title="learned criterion", autorange="reversed"))
     return fig

@@ -24,7 +24,7 @@ from lab import figures
 from lab.toy import TOY_SETS, ToySet, anchor_gradients
 from rcl_core.loss import RelativeContrastiveLoss
 
-__all__ = ["sync_figure", "LossExplorer", "decreasing_thresholds"]
+__all__ = ["sync_figure", "LossExplorer", "RunBrowser", "EmbeddingExplorer", "decreasing_thresholds"]
 
 
 def sync_figure(widget: go.FigureWidget, fig: go.Figure, keep: Sequence[str] = ()) -> None:
@@ -283,3 +283,65 @@ class LossExplorer:
                 sync_figure(figs["field"], figures.gradient_field(b.queries.numpy(), grad, fine, b.class_names))
             else:
                 figs["field"].layout.title = "gradient field: only for 2-D features"
+
+
+class RunBrowser:
+    """Pick runs (a multi-select) and compare them: loss curves and the bars of kNN / linear / NMI.
+
+    ``runs`` maps display names to run directories (or :class:`lab.report.RunData`); runs without a
+    summary (interrupted) still show their curves. ``browser.widget`` is the panel.
+    """
+
+    def __init__(self, runs: Mapping[str, object], selected: Sequence[str] | None = None):
+        from lab.report import RunData, load_run
+
+        if not runs:
+            raise ValueError("runs must name at least one run directory")
+        self.runs = {n: r if isinstance(r, RunData) else load_run(r, name=n) for n, r in runs.items()}
+        chosen = list(selected) if selected is not None else list(self.runs)
+        unknown = [n for n in chosen if n not in self.runs]
+        if unknown:
+            raise ValueError(f"selected: unknown runs {unknown}; the runs are {list(self.runs)}")
+        self.controls = {"runs": widgets.SelectMultiple(options=list(self.runs), value=chosen, rows=min(8, len(self.runs)),
+                                                        description="runs", layout=widgets.Layout(width="420px"))}
+        self.figures = {"curves": go.FigureWidget(), "comparison": go.FigureWidget()}
+        self.controls["runs"].observe(lambda _c: self.update(), names="value")
+        self.update()
+        self.widget = widgets.VBox([self.controls["runs"], self.figures["comparison"], self.figures["curves"]])
+
+    def update(self) -> None:
+        chosen = list(self.controls["runs"].value)
+        runs = [self.runs[n] for n in chosen]
+        sync_figure(self.figures["curves"], figures.loss_curves({r.name: r.metrics for r in runs}))
+        sync_figure(self.figures["comparison"],
+                    figures.run_comparison({r.name: r.summary for r in runs if r.summary is not None}))
+
+
+class EmbeddingExplorer:
+    """One 2-D layout, coloured by the level chosen in a dropdown (ground truth or learned criteria).
+
+    ``levels`` (L, N) labels; ``level_names`` (L,); ``class_names``: per level, a sequence or None.
+    """
+
+    def __init__(self, coords, levels, level_names: Sequence[str], class_names=None, axis_name: str = "UMAP",
+                 title: str = "Test features"):
+        self.coords = np.asarray(coords)
+        self.levels = np.atleast_2d(np.asarray(levels))
+        self.level_names = list(level_names)
+        if self.levels.shape[0] != len(self.level_names):
+            raise ValueError(f"levels has {self.levels.shape[0]} rows but {len(self.level_names)} level_names")
+        if self.levels.shape[1] != self.coords.shape[0]:
+            raise ValueError(f"levels has {self.levels.shape[1]} samples but coords has {self.coords.shape[0]}")
+        self.class_names = list(class_names) if class_names is not None else [None] * len(self.level_names)
+        self.axis_name, self.title = axis_name, title
+        self.controls = {"level": widgets.Dropdown(options=self.level_names, description="colour by")}
+        self.figures = {"embedding": go.FigureWidget()}
+        self.controls["level"].observe(lambda _c: self.update(), names="value")
+        self.update()
+        self.widget = widgets.VBox([self.controls["level"], self.figures["embedding"]])
+
+    def update(self) -> None:
+        i = self.level_names.index(self.controls["level"].value)
+        sync_figure(self.figures["embedding"], figures.embedding_scatter(
+            self.coords, self.levels[i], self.class_names[i], title=f"{self.title}, coloured by {self.level_names[i]}",
+            axis_name=self.axis_name))

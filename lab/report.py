@@ -37,7 +37,7 @@ from rcl_core.runs import atomic_write_text, read_metrics
 from . import figures
 from .embedding import umap_embedding
 
-__all__ = ["RunData", "load_run", "read_metrics", "write_report", "build_report_html"]
+__all__ = ["RunData", "load_run", "load_prototypes", "read_metrics", "write_report", "build_report_html"]
 
 REQUIRED_FILES = ("metrics.jsonl",)
 
@@ -107,6 +107,36 @@ def load_run(run_dir: str | Path, name: str | None = None, require_summary: bool
             arrays = {k: npz[k] for k in npz.files}
     return RunData(name=name or root.name, path=root, config=config, metrics=metrics,
                    summary=summary, eval=arrays, notes=notes)
+
+
+def load_prototypes(run_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """The online-clustering prototypes in a run's checkpoint: ``{"proto-K": {"prototypes": (K, D),
+    "usage": (K,), "parents": (K,) or absent for the coarsest level}}``, fine -> coarse.
+
+    Empty when the run learns no prototypes (MoCo, k-means or ground-truth criteria). Raises
+    ``FileNotFoundError`` without a checkpoint and ``ValueError`` for one that cannot be read.
+    """
+    import torch
+
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint in {run_dir} (expected {path})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)["criteria"]
+    except Exception as e:
+        raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}") from e
+    names = [n for n in state["names"] if n.startswith("proto-")]
+    found = next((c for c in state["criteria"] if "prototypes" in c), None)
+    if not names or found is None or not found["prototypes"]:
+        return {}
+    names.sort(key=lambda n: -int(n.split("-")[1]))  # the clustering keeps its levels fine -> coarse
+    out = {}
+    for i, name in enumerate(names):
+        level = {"prototypes": found["prototypes"][i].numpy(), "usage": found["usage"][i].numpy()}
+        if i < len(found["parents"]):
+            level["parents"] = found["parents"][i].numpy()
+        out[name] = level
+    return out
 
 
 def _read_json(path: Path) -> dict[str, Any]:

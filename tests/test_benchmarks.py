@@ -40,3 +40,13 @@ def test_loss_speed_memory_child_reports_rss_growth():
     row = json.loads(run("--_child", "rcl_h4", "--n", "256", "--d", "16", "--threads", "1").strip().splitlines()[-1])
     assert row["variant"] == "rcl_h4" and row["method"]
     assert row["rss_growth_bytes"] is None or row["rss_growth_bytes"] > 0
+
+
+def test_slider_latency_quick_prints_a_json_summary_last():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "slider_latency.py"), "--sizes", "64",
+                          "--rounds", "2"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [r["n"] for r in summary["rows"]] == [64, 64] and [r["figures"] for r in summary["rows"]] == [4, 3]
+    assert math.isfinite(summary["slider_latency_ms_64"]) and summary["slider_latency_ms_64"] > 0
+    assert summary["slider_latency_ms_64"] == max(r["panel_ms_median"] for r in summary["rows"])

@@ -157,3 +157,85 @@ def test_sync_figure_replaces_traces_when_their_kinds_change():
     assert [t.type for t in w.data] == ["bar", "bar"] and list(w.data[1].y) == [4]
     sync_figure(w, go.Figure([go.Bar(y=[5]), go.Bar(y=[6])], layout=dict(title="t")))
     assert list(w.data[0].y) == [5] and w.layout.title.text == "t"
+
+
+# ------------------------------------------------------------------ run browser, embeddings, prototypes
+
+def _two_runs(tmp_path):
+    from rcl_core.trainer import train
+    from test_trainer import small_config, tiny_dataset
+
+    ds = tiny_dataset()
+    dirs = {}
+    for name, kw in {"rcl": {}, "moco": {"method": "moco", "criteria": []}}.items():
+        cfg = small_config(tmp_path / name, epochs=2, cluster_warmup_epochs=0, **kw)
+        train(cfg, dataset=ds)
+        dirs[name] = cfg.run_dir
+    return dirs
+
+
+def test_run_browser_follows_the_selection(tmp_path):
+    import json
+    from pathlib import Path
+
+    from lab.panels import RunBrowser
+
+    dirs = _two_runs(tmp_path)
+    browser = RunBrowser(dirs, selected=["rcl"])
+    runs_drawn = {t.meta["run"] for t in browser.figures["curves"].data if t.meta and "run" in t.meta}
+    assert runs_drawn == {"rcl"}
+    browser.controls["runs"].value = ("rcl", "moco")
+    runs_drawn = {t.meta["run"] for t in browser.figures["curves"].data if t.meta and "run" in t.meta}
+    assert runs_drawn == {"rcl", "moco"}
+    bars = {t.name: t for t in browser.figures["comparison"].data}
+    knn = {n: json.loads(Path(d, "summary.json").read_text())["knn_top1"] for n, d in dirs.items()}
+    for name in ("rcl", "moco"):
+        assert bars[name].y[list(bars[name].x).index("kNN top-1")] == pytest.approx(knn[name])
+    with pytest.raises(ValueError, match="unknown runs"):
+        RunBrowser(dirs, selected=["nope"])
+
+
+def test_embedding_explorer_recolours_by_the_chosen_level():
+    from lab.panels import EmbeddingExplorer
+
+    coords = np.random.default_rng(0).normal(size=(30, 2))
+    levels = np.stack([np.arange(30) % 6, np.arange(30) % 2])
+    ex = EmbeddingExplorer(coords, levels, ["fine", "coarse"], class_names=[None, ["even", "odd"]])
+    assert len(ex.figures["embedding"].data) == 6
+    ex.controls["level"].value = "coarse"
+    assert sorted(t.name for t in ex.figures["embedding"].data) == ["even", "odd"]
+    even = next(t for t in ex.figures["embedding"].data if t.name == "even")
+    np.testing.assert_allclose(np.asarray(even.x), coords[levels[1] == 0, 0])
+    with pytest.raises(ValueError, match="level_names"):
+        EmbeddingExplorer(coords, levels, ["fine"])
+
+
+def test_load_prototypes_reads_the_checkpoint_fine_to_coarse(tmp_path):
+    from lab.report import load_prototypes
+
+    dirs = _two_runs(tmp_path)
+    protos = load_prototypes(dirs["rcl"])
+    assert list(protos) == ["proto-8", "proto-4"]
+    p8, p4 = protos["proto-8"], protos["proto-4"]
+    assert p8["prototypes"].shape == (8, 16) and p4["prototypes"].shape == (4, 16)
+    np.testing.assert_allclose(np.linalg.norm(p8["prototypes"], axis=1), 1.0, atol=1e-5)  # unit prototypes
+    assert p8["parents"].shape == (8,) and set(p8["parents"]) <= set(range(4)) and "parents" not in p4
+    assert load_prototypes(dirs["moco"]) == {}
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_prototypes(tmp_path)
+
+
+def test_criteria_agreement_heatmap_shows_the_summary_values():
+    from lab.figures import criteria_agreement
+
+    nmi = {"proto-64": {"shape": 0.61, "family": 0.2}, "proto-16": {"shape": 0.4, "family": 0.35}}
+    ari = {"proto-64": {"shape": 0.3, "family": 0.1}, "proto-16": {"shape": 0.2, "family": 0.25}}
+    fig = criteria_agreement(nmi, ari)
+    hm = fig.data[0]
+    assert list(hm.y) == ["proto-64", "proto-16"] and list(hm.x) == ["shape", "family"]
+    np.testing.assert_allclose(np.asarray(hm.z), [[0.61, 0.2], [0.4, 0.35]])
+    np.testing.assert_allclose(np.asarray(hm.customdata), [[0.3, 0.1], [0.2, 0.25]])
+    assert np.asarray(hm.text)[0, 0] == "0.61"
+    assert "no learned criteria" in criteria_agreement({}).layout.annotations[0].text
+    with pytest.raises(ValueError, match="finite"):
+        criteria_agreement({"p": {"shape": float("nan")}})

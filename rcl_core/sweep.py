@@ -1,0 +1,81 @@
+"""Run a set of training configs one after another, each in its own run directory, resumably.
+
+A sweep is a mapping of run names to :class:`TrainConfig`. A run whose directory already holds a
+completed ``summary.json`` for the same config is read, not retrained; an interrupted run resumes from
+its checkpoint; anything else is trained. So re-running a notebook cell or a benchmark after Ctrl-C
+continues where it stopped and never trains a finished run twice.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from rcl_core.config import TrainConfig
+from rcl_core.trainer import train
+
+__all__ = ["variants", "run_sweep", "completed_summary"]
+
+
+def variants(base: TrainConfig, root: str | Path, changes: Mapping[str, Mapping[str, Any]]) -> dict[str, TrainConfig]:
+    """Configs ``base`` with each entry of ``changes`` applied, run directories ``root/<folder>``.
+
+    ``folder`` is the run's name with every run of characters other than letters, digits and
+    ``. _ = -`` replaced by one ``-`` ("rcl τ=0.1" -> "rcl-τ=0.1"). Every config is validated here, so
+    a typo in a sweep fails before the first run trains.
+    """
+    out, folders = {}, {}
+    for name, change in changes.items():
+        folder = re.sub(r"[^\w.=-]+", "-", str(name)).strip("-.")
+        if not folder:
+            raise ValueError(f"run name {name!r} has no letters or digits to name its folder")
+        if folder in folders:
+            raise ValueError(f"runs {folders[folder]!r} and {name!r} would share the folder {folder!r}")
+        folders[folder] = name
+        data = {**base.to_dict(), **dict(change), "run_dir": str(Path(root) / folder)}
+        try:
+            out[name] = TrainConfig.from_dict(data).validate()
+        except ValueError as e:
+            raise ValueError(f"sweep run {name!r}: {e}") from None
+    return out
+
+
+def completed_summary(config: TrainConfig) -> dict[str, Any] | None:
+    """The run's summary when its directory holds a completed run of this very config, else None."""
+    run = Path(config.run_dir)
+    try:
+        saved = json.loads((run / "config.json").read_text())
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ignore = ("progress", "device", "run_dir")
+    same = {k: v for k, v in saved.items() if k not in ignore} == {
+        k: v for k, v in config.to_dict().items() if k not in ignore}
+    return summary if same and summary.get("status") == "completed" else None
+
+
+def run_sweep(configs: Mapping[str, TrainConfig], dataset=None,
+              on_run: Callable[[str, dict[str, Any], bool], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Train (or read back) every config in order; returns ``{name: summary}``.
+
+    ``dataset``: a loaded dataset shared by the runs (they must all name it). ``on_run(name, summary,
+    cached)`` is called after each run. A run directory that holds a *different* completed config is
+    refused (its results would be silently replaced), as :class:`Trainer` refuses it.
+    """
+    out = {}
+    for name, cfg in configs.items():
+        summary = completed_summary(cfg)
+        cached = summary is not None
+        if summary is None:
+            if dataset is not None and dataset.name != cfg.dataset:
+                raise ValueError(f"sweep run {name!r} trains on {cfg.dataset!r} but dataset {dataset.name!r} was passed")
+            summary = train(cfg, resume=True, dataset=dataset)
+            if summary.get("status") != "completed":  # stopped (Ctrl-C): keep what finished, say so
+                raise KeyboardInterrupt(f"sweep stopped during run {name!r} at step {summary.get('step')}; "
+                                        "run it again to resume")
+        out[name] = summary
+        if on_run is not None:
+            on_run(name, summary, cached)
+    return out
