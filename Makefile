@@ -1,4 +1,4 @@
-# Two commands on a fresh machine with Python 3.10+:  make demo  /  make test
+# Two commands on a fresh machine with Python 3.10+:  make demo  /  make test   (then: make lab)
 # Each creates the virtual environment .venv with pip if it is missing or out of date.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test lab venv clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+lab: $(STAMP)
+	$(BIN)/rcl lab
 
 clean:
 	rm -rf $(VENV) runs

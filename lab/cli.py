@@ -100,11 +100,26 @@ def run_lab(args: argparse.Namespace) -> int:
     import subprocess
 
     if importlib.util.find_spec("jupyterlab") is None:
-        raise ImportError('JupyterLab is not installed in this environment: pip install jupyterlab')
-    notebooks = Path(args.notebooks)
+        raise ImportError('JupyterLab is not installed in this environment: pip install -e . (or make test)')
+    notebooks = Path(args.notebooks) if args.notebooks else _default_notebooks()
     if not notebooks.is_dir():
-        raise FileNotFoundError(f"notebook folder {notebooks} does not exist")
-    return subprocess.call([sys.executable, "-m", "jupyter", "lab", str(notebooks), *args.jupyter_args])
+        raise FileNotFoundError(f"notebook folder {notebooks} does not exist (pass --notebooks PATH)")
+    first = notebooks / "01_relative_contrastive_loss.ipynb"
+    # The server's root is the notebook folder (so a notebook's cwd is notebooks/, where its relative
+    # paths ../data and ../runs point); notebook 01 opens first.
+    command = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={notebooks.resolve()}"]
+    if first.is_file():
+        command.append(first.name)
+    print(f"rcl lab: JupyterLab on {notebooks.resolve()} (Ctrl-C twice to stop)", flush=True)
+    return subprocess.call(command + list(args.jupyter_args))
+
+
+def _default_notebooks() -> Path:
+    """notebooks/ in the current folder, else the one beside this package (an editable install)."""
+    here = Path("notebooks")
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,14 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run_demo)
 
     p = sub.add_parser("lab", help="open JupyterLab on the notebooks")
-    p.add_argument("--notebooks", default="notebooks")
-    p.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="passed to jupyter lab")
+    p.add_argument("--notebooks", help="the notebook folder (default: ./notebooks, else the project's)")
+    p.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="anything else is passed to jupyter lab "
+                   "(e.g. --no-browser --port 8899)")
     p.set_defaults(func=run_lab)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "lab":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.jupyter_args = extra + list(args.jupyter_args)  # e.g. rcl lab --no-browser --port 8899
     return guarded(args.func, args)
 
 

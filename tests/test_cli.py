@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,3 +83,20 @@ def test_demo_runs_both_methods_with_the_same_budget_and_writes_the_report(tmp_p
     page = (tmp_path / "demo" / "report.html").read_text()
     assert page.count("fig-umap-") >= 2 and "MoCo v3" in page and "RCL" in page
     assert "<script src=" not in page
+
+
+def test_rcl_lab_opens_jupyterlab_on_the_notebooks_with_notebook_01(monkeypatch, tmp_path, capsys):
+    import subprocess as sp
+
+    from lab import cli
+
+    calls = []
+    monkeypatch.setattr(sp, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.chdir(tmp_path)  # no notebooks/ here: the project's own folder is used
+    assert cli.main(["lab", "--no-browser"]) == 0
+    (cmd,) = calls
+    root = Path(cli.__file__).resolve().parents[1] / "notebooks"
+    assert cmd[1:4] == ["-m", "jupyter", "lab"] and f"--ServerApp.root_dir={root}" in cmd
+    assert "01_relative_contrastive_loss.ipynb" in cmd and cmd[-1] == "--no-browser"
+    assert cli.main(["lab", "--notebooks", str(tmp_path / "nope")]) != 0  # a clear error, not a traceback
+    assert "nope does not exist" in capsys.readouterr().err
