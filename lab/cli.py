@@ -6,6 +6,7 @@ both evaluated, and one self-contained HTML report comparing them.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import shutil
 import sys
@@ -109,7 +110,9 @@ def run_lab(args: argparse.Namespace) -> int:
     # paths ../data and ../runs point); notebook 01 opens first.
     command = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={notebooks.resolve()}"]
     if first.is_file():
-        command.append(first.name)
+        command.append(str(first.resolve()))
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and not any("allow_root" in a for a in args.jupyter_args):
+        command.append("--ServerApp.allow_root=True")  # Jupyter refuses root otherwise (containers, CI)
     print(f"rcl lab: JupyterLab on {notebooks.resolve()} (Ctrl-C twice to stop)", flush=True)
     return subprocess.call(command + list(args.jupyter_args))
 

@@ -796,7 +796,7 @@ def pf_ps_scatter(info, criteria_names: Sequence[str] | None = None,
     h = agree.shape[0]
     words = relation_names(names) + ["unrelated"]
     present = [r for r in range(h + 1) if (valid & (relation == r)).any()]
-    quota = max_points // max(1, len(present)) if int(valid.sum()) > max_points else None
+    quota = max(1, max_points // max(1, len(present))) if int(valid.sum()) > max_points else None
     rng = np.random.default_rng(0)
     shown = 0
     fig = go.Figure()

@@ -21,6 +21,8 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ from rcl_core.runs import read_metrics
 from rcl_core.trainer import CHECKPOINT, Event, Trainer
 
 __all__ = ["LiveTraining"]
+
+_ACTIVE: "weakref.WeakValueDictionary[Path, LiveTraining]" = weakref.WeakValueDictionary()
 
 
 class LiveTraining:
@@ -70,15 +74,28 @@ class LiveTraining:
         self.name = name or self.run_dir.name
         self.inspect_size = min(inspect_size, len(dataset.train))
         self.refresh_seconds = float(refresh_seconds)
+        # One live run per folder in this process: re-running a notebook cell stops the run it replaces
+        # (two trainers writing one metrics.jsonl would interleave their steps).
+        key = self.run_dir.resolve()
+        earlier = _ACTIVE.get(key)
+        if earlier is not None and earlier.running:
+            warnings.warn(f"stopping the live run already training in {self.run_dir} (its checkpoint is kept)",
+                          stacklevel=2)
+            earlier.stop(wait=True)
+        from rcl_core.sweep import completed_summary
+
+        done = None if overwrite else completed_summary(self.config)
         # The trainer exists from here on (overwrite clears an earlier run now; otherwise the first Start
         # resumes it), so controls set before Start are validated and kept by the trainer itself.
         self.trainer = Trainer(self.config, dataset=dataset, listeners=[self._on_event], resume=not overwrite,
                                overwrite=overwrite)
+        _ACTIVE[key] = self
         self._started = False
-        self.result: dict[str, Any] | None = None
+        self.result: dict[str, Any] | None = done
         self.error: BaseException | None = None
         self.error_text: str | None = None
-        self.state = "idle"  # idle | running | paused | stopping | stopped | completed | failed
+        # idle | running | paused | stopping | stopped | completed | failed
+        self.state = "idle" if done is None else "completed"
         self._thread: threading.Thread | None = None
         self._resume = threading.Event()
         self._resume.set()
@@ -94,6 +111,8 @@ class LiveTraining:
 
     def start(self) -> None:
         """Train in the background: from scratch, or on from the checkpoint, or on from a pause."""
+        if self.running and self.state == "stopping":
+            self._thread.join()  # Stop was pressed: let it finish its step and checkpoint, then resume
         if self.running:
             self._resume.set()
             self._set_state("running")
@@ -148,7 +167,10 @@ class LiveTraining:
     def set_controls(self, **changes) -> dict[str, Any]:
         """Change criteria (``enabled``), ``weights``, ``thresholds`` or ``temperature``; applied at the
         next step (see :meth:`Trainer.set_controls`); invalid values raise ``ValueError`` and change nothing."""
-        return self.trainer.set_controls(**changes)
+        result = self.trainer.set_controls(**changes)
+        if self.view is not None:
+            self.view.show_controls()
+        return result
 
     @property
     def criteria_names(self) -> list[str]:
@@ -204,6 +226,9 @@ class LiveTraining:
         """Explain the loss on the inspection batch (the first ``inspect_size`` training samples, fixed
         augmentations) at the current step, for RCL and for the instance criterion alone (a typical
         contrastive loss). Call it from the training thread or while no training runs."""
+        if self.running and threading.current_thread() is not self._thread:
+            raise RuntimeError("inspect() runs the model: call it while training is stopped or paused-and-held, "
+                               "or from the training thread (the panel does)")
         idx = torch.arange(self.inspect_size)
         info, names, _ = self.trainer.explain(idx)
         typical, _, _ = self.trainer.explain(idx, only=["instance"]) if names != ["instance"] else (info, None, None)
@@ -240,6 +265,8 @@ class LiveView:
         import ipywidgets as widgets
         import plotly.graph_objects as go
 
+        from lab.panels import fit_slider
+
         self.live = live
         names = live.criteria_names
         ctl = live.controls
@@ -259,8 +286,9 @@ class LiveView:
         for i, n in enumerate(names):
             on = widgets.Checkbox(value=n in ctl["enabled"], description=n, indent=False, disabled=(i == 0),
                                   layout=widgets.Layout(width="130px"))
-            weight = widgets.FloatSlider(value=weights[i], min=0.0, max=3.0, step=0.05, description="weight",
-                                         style=style, continuous_update=False)
+            weight = widgets.FloatSlider(value=min(weights[i], 3.0), min=0.0, max=3.0, step=0.05,
+                                         description="weight", style=style, continuous_update=False)
+            fit_slider(weight, weights[i])
             self.controls[f"on:{n}"], self.controls[f"weight:{n}"] = on, weight
             row = [on, weight]
             if live.config.form == "sigmoid":
@@ -270,8 +298,9 @@ class LiveView:
                 row.append(t)
             rows.append(widgets.HBox(row))
         self.controls["temperature"] = widgets.FloatLogSlider(
-            value=ctl["temperature"], base=10, min=-2, max=0, step=0.02, description="temperature τ",
+            value=0.2, base=10, min=-2, max=0, step=0.02, description="temperature τ",
             readout_format=".3f", style=style, continuous_update=False)
+        fit_slider(self.controls["temperature"], ctl["temperature"])
         self._syncing = False
         for w in self.controls.values():
             w.observe(self._on_control, names="value")
@@ -309,16 +338,35 @@ class LiveView:
                     c[f"threshold:{n}"].value = v
             finally:
                 self._syncing = False
-        changes = {"enabled": [n for n in names if c[f"on:{n}"].value],
-                   "weights": [c[f"weight:{n}"].value for n in names],
-                   "temperature": c["temperature"].value}
-        if f"threshold:{names[0]}" in c:
-            changes["thresholds"] = [c[f"threshold:{n}"].value for n in names]
+        # Only the setting that moved is sent, so a change made from code to another one stands.
+        moved = next(k for k, w in c.items() if w is owner).split(":")[0]
+        field = {"on": "enabled", "weight": "weights", "threshold": "thresholds"}.get(moved, moved)
+        value = (c["temperature"].value if field == "temperature" else
+                 [n for n in names if c[f"on:{n}"].value] if field == "enabled" else
+                 [c[f"{moved}:{n}"].value for n in names])
         try:
-            self.live.set_controls(**changes)
+            self.live.set_controls(**{field: value})
             self.message.value = ""
         except ValueError as e:
             self.message.value = _error_html(f"not applied: {e}")
+            self.show_controls()  # the widgets show what training will use, not the refused values
+
+    def show_controls(self) -> None:
+        """Set the widgets to the controls the next step uses (after a change from code or a refusal)."""
+        from lab.panels import fit_slider
+
+        ctl, names, c = self.live.controls, self.live.criteria_names, self.controls
+        weights = ctl["weights"] or [1.0] * len(names)
+        self._syncing = True
+        try:
+            for i, n in enumerate(names):
+                c[f"on:{n}"].value = n in ctl["enabled"]
+                fit_slider(c[f"weight:{n}"], weights[i])
+                if f"threshold:{n}" in c:
+                    c[f"threshold:{n}"].value = ctl["thresholds"][i]
+            fit_slider(c["temperature"], ctl["temperature"])
+        finally:
+            self._syncing = False
 
     def show_state(self) -> None:
         live, tr = self.live, self.live.trainer
@@ -337,7 +385,8 @@ class LiveView:
 
         live = self.live
         sync_figure(self.curves, figures.loss_curves({live.name: live.metrics()}, title=f"{live.name}: training"))
-        if live.trainer.step > 0 or live.has_checkpoint():
+        in_thread = not live.running or threading.current_thread() is live._thread
+        if in_thread and (live.trainer.step > 0 or live.has_checkpoint()):
             info, names, typical = live.inspect()
             infos = {"RCL": info} if typical is info else {"typical (instance only)": typical, "RCL": info}
             sync_figure(self.share, figures.pull_share(infos, names, title=(

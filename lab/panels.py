@@ -40,10 +40,13 @@ def sync_figure(widget: go.FigureWidget, fig: go.Figure, keep: Sequence[str] = (
             for old, new in zip(widget.data, fig.data):
                 # The trace's own property dict: to_plotly_json() would deep-copy every array first.
                 props = {k: v for k, v in new._props.items() if k not in ("type", "uid")}
+                # What the old trace set and the new one does not (error bars, a note) is reset.
+                props.update({k: None for k in old._props if k not in props and k not in ("type", "uid")})
                 for k in keep:
                     props.pop(k, None)
                 old.update(props, overwrite=True)
         layout = dict(fig.layout._props)
+        layout.update({k: None for k in widget.layout._props if k not in layout and k != "template"})
         if getattr(widget, "_lab_template", False):
             # Every lab figure uses one template: sent once; copying it again was the slow part.
             layout.pop("template", None)
@@ -67,13 +70,29 @@ def decreasing_thresholds(values: Sequence[float], moved: int, gap: float = 0.01
     h = len(t)
     if not 0 <= moved < h:
         raise ValueError(f"moved must index values (0..{h - 1}), got {moved}")
+    if not all(np.isfinite(t)):
+        raise ValueError(f"values must be finite thresholds, got {list(values)}")
+    if not (gap > 0 and gap * (h - 1) <= high - low):
+        raise ValueError(f"gap must be > 0 and leave room for {h} thresholds in [{low}, {high}], got {gap}")
+    t = [min(max(v, low), high) for v in t]
     # The moved value must leave room for the criteria on both sides.
     t[moved] = min(max(t[moved], low + gap * (h - 1 - moved)), high - gap * moved)
+    # Each other value moves the least that keeps a gap to its neighbour and room for those beyond it.
     for j in range(moved + 1, h):  # coarser: below
-        t[j] = min(t[j], t[j - 1] - gap)
+        t[j] = max(min(t[j], t[j - 1] - gap), low + gap * (h - 1 - j))
     for j in range(moved - 1, -1, -1):  # finer: above
-        t[j] = max(t[j], t[j + 1] + gap)
-    return [round(v, 6) for v in t]
+        t[j] = min(max(t[j], t[j + 1] + gap), high - gap * j)
+    return t
+
+
+def fit_slider(slider, value: float) -> None:
+    """Set a slider to ``value``, widening its range first so that the value is never clipped."""
+    if hasattr(slider, "base"):  # FloatLogSlider: min and max are exponents
+        e = float(np.log(value) / np.log(slider.base))
+        slider.min, slider.max = min(slider.min, float(np.floor(e))), max(slider.max, float(np.ceil(e)))
+    else:
+        slider.min, slider.max = min(slider.min, value), max(slider.max, value)
+    slider.value = value
 
 
 class _Batch:
@@ -158,12 +177,14 @@ class LossExplorer:
         c["temperature"] = widgets.FloatLogSlider(value=temperature, base=10, min=-2, max=0.3, step=0.02,
                                                   description="temperature τ", readout_format=".3f", style=style,
                                                   continuous_update=True)
+        fit_slider(c["temperature"], temperature)
         rows = []
         for i, n in enumerate(names):
             c[f"on:{n}"] = widgets.Checkbox(value=True, description=n, indent=False,
                                             disabled=(i == 0), layout=widgets.Layout(width="120px"))
-            c[f"weight:{n}"] = widgets.FloatSlider(value=weights[i], min=0.0, max=3.0, step=0.05,
+            c[f"weight:{n}"] = widgets.FloatSlider(value=min(weights[i], 3.0), min=0.0, max=3.0, step=0.05,
                                                    description="weight", style=style)
+            fit_slider(c[f"weight:{n}"], weights[i])
             c[f"threshold:{n}"] = widgets.FloatSlider(value=thresholds[i], min=-1.0, max=1.0, step=0.01,
                                                       description="threshold", style=style)
             rows.append(widgets.HBox([c[f"on:{n}"], c[f"weight:{n}"], c[f"threshold:{n}"]]))
@@ -219,6 +240,11 @@ class LossExplorer:
             return
         owner = change["owner"]
         moved = next(k for k, w in self.controls.items() if w is owner)
+        if moved == f"on:{self.names[0]}" and not owner.value:
+            self._syncing = True
+            owner.value = True  # the finest criterion, instance, is always on (as in training)
+            self._syncing = False
+            return
         if moved.startswith("threshold:"):
             self._keep_decreasing(self.names.index(moved.split(":", 1)[1]))
         if moved == "form":
@@ -273,7 +299,10 @@ class LossExplorer:
         if "share" in figs:
             infos = {"RCL": info}
             if chosen != ["instance"]:
-                infos = {"typical (instance only)": self.explain(["instance"], weighted=False), "RCL": info}
+                try:
+                    infos = {"typical (instance only)": self.explain(["instance"], weighted=False), "RCL": info}
+                except ValueError:
+                    pass  # one view only (keys=None): the instance criterion alone has no positive pair
             sync_figure(figs["share"], figures.pull_share(infos, chosen))
         if "field" in figs:
             if b.queries.shape[1] == 2:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rcl_core.criteria import _SPEC
 from rcl_core.loss import MIN_TEMPERATURE
 
 METHODS = ("moco", "rcl")
@@ -112,6 +113,13 @@ class TrainConfig:
             raise ValueError(f"criteria must start with 'instance' (finest first), got {crit}")
         if len(set(crit)) != len(crit):
             raise ValueError(f"criteria must not repeat, got {crit}")
+        bad = [c for c in crit if not isinstance(c, str) or not _SPEC.match(c)]
+        if bad:
+            raise ValueError(f"unknown criteria {bad}: use instance, gt, gt:LEVEL, kmeans-K or proto-K (K >= 2)")
+        for kind in ("proto", "kmeans"):
+            ks = [int(c.split("-")[1]) for c in crit if c.startswith(kind + "-")]
+            if any(k < 2 for k in ks) or any(a <= b for a, b in zip(ks, ks[1:])):
+                raise ValueError(f"{kind} levels must be >= 2 and strictly decreasing (fine -> coarse), got {ks}")
         # "gt" stands for every ground-truth level: counts are known once the dataset is.
         names = criteria_names if criteria_names is not None else (None if "gt" in crit else crit)
         if self.weights is not None:

@@ -34,6 +34,8 @@ def variants(base: TrainConfig, root: str | Path, changes: Mapping[str, Mapping[
         if folder in folders:
             raise ValueError(f"runs {folders[folder]!r} and {name!r} would share the folder {folder!r}")
         folders[folder] = name
+        if not isinstance(change, Mapping):
+            raise ValueError(f"sweep run {name!r}: the change must be a dict of config fields, got {change!r}")
         data = {**base.to_dict(), **dict(change), "run_dir": str(Path(root) / folder)}
         try:
             out[name] = TrainConfig.from_dict(data).validate()
@@ -50,6 +52,8 @@ def completed_summary(config: TrainConfig) -> dict[str, Any] | None:
         summary = json.loads((run / "summary.json").read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(saved, dict) or not isinstance(summary, dict):
+        return None
     ignore = ("progress", "device", "run_dir")
     same = {k: v for k, v in saved.items() if k not in ignore} == {
         k: v for k, v in config.to_dict().items() if k not in ignore}
@@ -64,14 +68,28 @@ def run_sweep(configs: Mapping[str, TrainConfig], dataset=None,
     cached)`` is called after each run. A run directory that holds a *different* completed config is
     refused (its results would be silently replaced), as :class:`Trainer` refuses it.
     """
+    if dataset is not None:  # checked for every run before the first one trains
+        for name, cfg in configs.items():
+            if dataset.name != cfg.dataset:
+                raise ValueError(f"sweep run {name!r} trains on {cfg.dataset!r} but dataset {dataset.name!r} was passed")
+    else:  # every dataset is loaded (or refused) before the first run trains, and loaded once
+        from rcl_core.datasets import load_dataset
+
+        loaded = {}
+        for name, cfg in configs.items():
+            key = (cfg.dataset, cfg.data_dir, cfg.data_seed)
+            if key not in loaded:
+                try:
+                    loaded[key] = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.data_seed)
+                except (ValueError, FileNotFoundError, ImportError) as e:
+                    raise ValueError(f"sweep run {name!r}: {e}") from e
     out = {}
     for name, cfg in configs.items():
         summary = completed_summary(cfg)
         cached = summary is not None
         if summary is None:
-            if dataset is not None and dataset.name != cfg.dataset:
-                raise ValueError(f"sweep run {name!r} trains on {cfg.dataset!r} but dataset {dataset.name!r} was passed")
-            summary = train(cfg, resume=True, dataset=dataset)
+            data = dataset if dataset is not None else loaded[(cfg.dataset, cfg.data_dir, cfg.data_seed)]
+            summary = train(cfg, resume=True, dataset=data)
             if summary.get("status") != "completed":  # stopped (Ctrl-C): keep what finished, say so
                 raise KeyboardInterrupt(f"sweep stopped during run {name!r} at step {summary.get('step')}; "
                                         "run it again to resume")

@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
 from typing import Any, Callable
 
@@ -201,6 +202,10 @@ class Trainer:
             self.metrics.truncate_after(self.step)
             self.resumed = True
         elif resume:
+            if (self.run_dir / "summary.json").exists() and not overwrite:
+                raise ValueError(f"run_dir {self.run_dir} holds a completed run without {CHECKPOINT} "
+                                 f"(checkpoint_every=0?): there is nothing to resume from; start it over with "
+                                 f"--overwrite, or use another --run-dir")
             # Nothing was checkpointed: whatever a killed run logged cannot be continued.
             self.metrics.truncate_after(0)
         elif not resume:
@@ -237,6 +242,8 @@ class Trainer:
         with self._controls_lock:
             new = {**self.controls, **self._pending}
             if enabled is not None:
+                if isinstance(enabled, str) or not all(isinstance(n, str) for n in enabled):
+                    raise ValueError(f"enabled must be a list of criterion names from {names}, got {enabled!r}")
                 enabled = list(enabled)
                 unknown = [n for n in enabled if n not in names]
                 if unknown:
@@ -245,22 +252,22 @@ class Trainer:
                     raise ValueError(f"enabled must include 'instance' (the finest criterion), got {enabled}")
                 new["enabled"] = [n for n in names if n in enabled]
             if weights is not None:
-                weights = [float(w) for w in weights]
+                weights = _numbers("weights", weights, names)
                 if len(weights) != len(names):
                     raise ValueError(f"weights must have one value per criterion ({len(names)}: {names}), "
                                      f"got {len(weights)}")
                 validate_weights(weights)
                 new["weights"] = weights
             if thresholds is not None:
-                thresholds = [float(t) for t in thresholds]
+                thresholds = _numbers("thresholds", thresholds, names)
                 if len(thresholds) != len(names):
                     raise ValueError(f"thresholds must have one value per criterion ({len(names)}: {names}), "
                                      f"got {len(thresholds)}")
                 validate_thresholds(thresholds, self.config.form)
                 new["thresholds"] = thresholds
             if temperature is not None:
-                if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-                        MIN_TEMPERATURE <= temperature < float("inf")):
+                if isinstance(temperature, bool) or not isinstance(temperature, Real) or not (
+                        MIN_TEMPERATURE <= float(temperature) < float("inf")):
                     raise ValueError(f"temperature must be a finite number >= {MIN_TEMPERATURE}, got {temperature!r}")
                 new["temperature"] = float(temperature)
             if new["weights"] is not None:
@@ -281,10 +288,12 @@ class Trainer:
             changes, self._pending = self._pending, {}
         if changes:
             self.controls.update(changes)
-            self.emit("change", epoch, **changes)
+            # Logged under the first step trained with it: a resume from a checkpoint taken before this
+            # step drops the event along with the records after the checkpoint.
+            self.emit("change", epoch, step=self.step + 1, **changes)
 
-    def emit(self, kind: str, epoch: float, **data) -> None:
-        event = Event(kind, self.step, epoch, data)
+    def emit(self, kind: str, epoch: float, step: int | None = None, **data) -> None:
+        event = Event(kind, self.step if step is None else step, epoch, data)
         for listener in self.listeners:
             listener(event)
 
@@ -345,16 +354,19 @@ class Trainer:
     def _backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         return self._frozen(self.model.encode, images)
 
-    def _loss_inputs(self, indices: torch.Tensor, epoch: float, keys: torch.Tensor | None = None):
-        """Labels (H, B) of the criteria that are switched on (warm-up over, enabled by the controls), their
-        names, and the loss configured with their weights, thresholds and the temperature."""
+    def _loss_inputs(self, indices: torch.Tensor, epoch: float, keys: torch.Tensor | None = None,
+                     controls: dict[str, Any] | None = None, loss_fn: RelativeContrastiveLoss | None = None):
+        """Labels (H, B) of the criteria that are switched on (warm-up over, enabled by ``controls``, default
+        the run's), their names, and ``loss_fn`` (default the run's) set to their weights, thresholds and
+        the temperature."""
+        ctl = self.controls if controls is None else controls
+        loss_fn = self.loss_fn if loss_fn is None else loss_fn
         labels, names, positions = self.criteria.labels(indices, epoch, keys)
-        keep = [i for i, n in enumerate(names) if n in self.controls["enabled"]]
+        keep = [i for i, n in enumerate(names) if n in ctl["enabled"]]
         labels, names, positions = labels[keep], [names[i] for i in keep], [positions[i] for i in keep]
-        ctl = self.controls
-        self.loss_fn.temperature = ctl["temperature"]
-        self.loss_fn.weights = None if ctl["weights"] is None else [ctl["weights"][p] for p in positions]
-        self.loss_fn.thresholds = None if ctl["thresholds"] is None else [ctl["thresholds"][p] for p in positions]
+        loss_fn.temperature = ctl["temperature"]
+        loss_fn.weights = None if ctl["weights"] is None else [ctl["weights"][p] for p in positions]
+        loss_fn.thresholds = None if ctl["thresholds"] is None else [ctl["thresholds"][p] for p in positions]
         return labels, names
 
     def train_step(self, indices: torch.Tensor, epoch: float, log: bool = False) -> dict:
@@ -402,12 +414,21 @@ class Trainer:
 
         Two views are augmented with a generator of their own (seeded by ``seed``: the training RNG is
         not touched), encoded in eval mode, and explained with the criteria, weights, thresholds and
-        temperature that the next training step would use; ``only`` restricts the criteria further (e.g.
-        ``["instance"]``: the typical contrastive loss on the same views). Returns ``(RCLExplanation,
+        temperature that the next training step would use; ``only`` restricts the criteria further, with
+        equal weights (e.g. ``["instance"]``: the typical contrastive loss on the same views). Returns ``(RCLExplanation,
         criteria names, labels (H, B))``; meant for inspection batches (it builds H x B x B tensors).
         Call it between steps (from a listener) or while no training runs.
         """
-        indices = torch.as_tensor(indices, dtype=torch.long, device=self.device)
+        indices = self._check_indices(indices)
+        ctl = self.next_controls()
+        if only is not None:
+            unknown = [n for n in only if n not in self.criteria.names] if not isinstance(only, str) else [only]
+            if unknown:
+                raise ValueError(f"only must list criteria of this run {self.criteria.names}, got {only!r}")
+            ctl["enabled"] = [n for n in ctl["enabled"] if n in only]
+            ctl["weights"] = None  # equal weights: e.g. the plain InfoNCE of the instance criterion
+            if not ctl["enabled"]:
+                raise ValueError(f"only={only!r} leaves no enabled criterion (enabled: {self.next_controls()['enabled']})")
         epoch = self.step / self.steps_per_epoch if epoch is None else epoch
         g = torch.Generator(device=self.device).manual_seed(seed)
         x = self.train_images[indices]
@@ -418,16 +439,20 @@ class Trainer:
         finally:
             self.model.train()
         keys = F.normalize(F.normalize(k1.float(), dim=1) + F.normalize(k2.float(), dim=1), dim=1)
-        saved = dict(self.controls)
-        self.controls.update(self.next_controls())
-        if only is not None:
-            self.controls["enabled"] = [n for n in self.controls["enabled"] if n in only]
-        try:
-            labels, names = self._loss_inputs(indices, epoch, keys)
-        finally:
-            self.controls.clear()
-            self.controls.update(saved)
-        return self.loss_fn.explain(q1.float(), k2.float(), labels, labels), names, labels
+        loss_fn = RelativeContrastiveLoss(self.config.temperature, self.config.form, None, self.config.thresholds)
+        labels, names = self._loss_inputs(indices, epoch, keys, controls=ctl, loss_fn=loss_fn)
+        return loss_fn.explain(q1.float(), k2.float(), labels, labels), names, labels
+
+    def _check_indices(self, indices) -> torch.Tensor:
+        """Training-set indices as a 1-D long tensor on the device; anything else is refused."""
+        t = torch.as_tensor(indices)
+        n = len(self.dataset.train)
+        if t.dtype == torch.bool or t.is_floating_point() or t.is_complex() or t.dim() != 1 or t.numel() < 2:
+            raise ValueError(f"indices must be a 1-D sequence of at least 2 integer training-set indices, got "
+                             f"{t.dtype} of shape {tuple(t.shape)}")
+        if int(t.min()) < 0 or int(t.max()) >= n:
+            raise ValueError(f"indices must be in [0, {n}) (the training set), got {int(t.min())}..{int(t.max())}")
+        return t.to(device=self.device, dtype=torch.long)
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
@@ -570,6 +595,14 @@ class Trainer:
         atomic_write(self.run_dir / "eval.npz", lambda fh: np.savez_compressed(fh, **arrays))
         atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
+
+
+def _numbers(name: str, values, names: list[str]) -> list[float]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise ValueError(f"{name} must be a list of numbers, one per criterion {names}, got {values!r}")
+    if not all(isinstance(v, Real) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{name} must be a list of numbers, one per criterion {names}, got {list(values)!r}")
+    return [float(v) for v in values]
 
 
 def train(config: TrainConfig, resume: bool = False, listeners=(), dataset=None, overwrite: bool = False) -> dict:

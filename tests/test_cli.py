@@ -97,6 +97,39 @@ def test_rcl_lab_opens_jupyterlab_on_the_notebooks_with_notebook_01(monkeypatch,
     (cmd,) = calls
     root = Path(cli.__file__).resolve().parents[1] / "notebooks"
     assert cmd[1:4] == ["-m", "jupyter", "lab"] and f"--ServerApp.root_dir={root}" in cmd
-    assert "01_relative_contrastive_loss.ipynb" in cmd and cmd[-1] == "--no-browser"
+    assert str(root / "01_relative_contrastive_loss.ipynb") in cmd and cmd[-1] == "--no-browser"
     assert cli.main(["lab", "--notebooks", str(tmp_path / "nope")]) != 0  # a clear error, not a traceback
     assert "nope does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_rcl_lab_serves_the_notebooks_from_any_folder(tmp_path):
+    import os
+    import secrets
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(8)
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws")}
+    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "lab", "--no-browser", f"--port={port}",
+                             f"--IdentityProvider.token={token}", "--ServerApp.ip=127.0.0.1"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        names, deadline = None, time.monotonic() + 90
+        while names is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token={token}", timeout=5) as r:
+                    names = [c["name"] for c in json.load(r)["content"]]
+            except OSError:
+                time.sleep(0.5)
+        assert names is not None, proc.stdout.read1().decode() if proc.poll() is not None else "no answer"
+        assert "01_relative_contrastive_loss.ipynb" in names  # the project's notebooks, from any cwd
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)

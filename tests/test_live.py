@@ -36,7 +36,8 @@ def test_a_weight_change_applies_from_the_next_step_and_is_logged(tmp_path):
     t.fit()
     rows = {r["step"]: r for r in steps_of(tmp_path / "run")}
     events = [r for r in records(tmp_path / "run") if r.get("event") == "change"]
-    assert events == [{"event": "change", "step": 2, "epoch": pytest.approx(2 / 3, abs=1e-3),
+    # logged under the first step trained with it (set after step 2, so step 3)
+    assert events == [{"event": "change", "step": 3, "epoch": pytest.approx(2 / 3, abs=1e-3),
                        "weights": [1.0, 0.0, 2.0]}]
     # loss = sum_i w_i * per_i (per-criterion values are unweighted): weights 1 up to step 2, new ones after.
     for step, r in rows.items():
@@ -222,6 +223,60 @@ def test_live_widget_controls_reach_the_trainer(tmp_path):
     view.controls["weight:proto-8"].value = 0.0  # all enabled weights 0: refused, shown, not applied
     assert "positive sum" in view.message.value
     assert live.controls["weights"] == [0.0, 0.5, 1.0]
+    assert view.controls["weight:proto-8"].value == 0.5  # the widget went back to what training uses
+
+
+def test_the_panel_follows_changes_made_in_code_and_never_clips_them(tmp_path):
+    live = LiveTraining(live_config(tmp_path, temperature=2.0, weights=[1.0, 5.0, 1.0]), dataset=tiny_dataset(),
+                        overwrite=True)
+    live.widget()
+    c = live.view.controls
+    assert c["temperature"].value == pytest.approx(2.0) and c["weight:proto-8"].value == 5.0
+    live.set_controls(enabled=["instance"], temperature=0.05)
+    assert not c["on:proto-8"].value and c["temperature"].value == pytest.approx(0.05)
+    c["weight:proto-4"].value = 2.0  # touching another setting keeps the code's changes
+    ctl = live.controls
+    assert ctl["enabled"] == ["instance"] and ctl["temperature"] == pytest.approx(0.05)
+    assert ctl["weights"] == [1.0, 5.0, 2.0]
+
+
+def test_stop_then_start_at_once_resumes(tmp_path):
+    live = LiveTraining(live_config(tmp_path, epochs=30), dataset=tiny_dataset(), overwrite=True)
+    live.start()
+    assert live.wait_for(2, timeout=60)
+    live.stop(wait=False)  # the Stop button
+    live.start()           # pressed right after: waits for the checkpoint, then resumes
+    assert live.state == "running" and live.running
+    at = live.trainer.step
+    assert live.wait_for(at + 2, timeout=60)
+    live.stop(timeout=60)
+    kinds = [r["event"] for r in records(tmp_path / "run") if "event" in r]
+    assert kinds[:2] == ["stop", "resume"]
+
+
+def test_a_second_live_run_in_the_same_folder_stops_the_first(tmp_path):
+    first = LiveTraining(live_config(tmp_path, epochs=30), dataset=tiny_dataset(), overwrite=True)
+    first.start()
+    assert first.wait_for(2, timeout=60)
+    with pytest.warns(UserWarning, match="stopping the live run already training"):
+        second = LiveTraining(live_config(tmp_path, epochs=2), dataset=tiny_dataset(), overwrite=True)
+    assert not first.running and first.state == "stopped"
+    second.start()
+    second.wait(timeout=60)
+    assert [r["step"] for r in steps_of(tmp_path / "run")] == list(range(1, 7))  # one run's steps only
+
+
+def test_reopening_a_completed_run_does_not_retrain_or_rewrite_it(tmp_path):
+    cfg = live_config(tmp_path, epochs=1)
+    done = LiveTraining(cfg, dataset=tiny_dataset(), overwrite=True)
+    done.start()
+    summary = done.wait(timeout=60)
+    stamp = (tmp_path / "run" / "summary.json").stat().st_mtime_ns
+    again = LiveTraining(cfg, dataset=tiny_dataset())
+    assert again.state == "completed" and again.result == summary
+    with pytest.raises(RuntimeError, match="complete"):
+        again.start()
+    assert (tmp_path / "run" / "summary.json").stat().st_mtime_ns == stamp
 
 
 def test_start_after_completion_says_what_to_do(tmp_path):
@@ -230,3 +285,48 @@ def test_start_after_completion_says_what_to_do(tmp_path):
     live.wait(timeout=60)
     with pytest.raises(RuntimeError, match="complete"):
         live.start()
+
+
+def test_a_change_after_the_last_checkpoint_is_dropped_with_the_steps_a_crash_lost(tmp_path):
+    class Crash(Exception):
+        pass
+
+    def listener(event):
+        if event.kind == "step" and event.step == 4:
+            listener.trainer.set_controls(weights=[1.0, 0.0, 0.0])
+        if event.kind == "step" and event.step == 5:
+            raise Crash  # a hard crash: no stop, no checkpoint (the last one is from step 3)
+    t = trainer_with(tmp_path, listener)
+    with pytest.raises(Crash):
+        t.fit()
+    assert any(r.get("event") == "change" and r["step"] == 5 for r in records(tmp_path / "run"))
+    resumed = Trainer(small_config(tmp_path, cluster_warmup_epochs=0), dataset=tiny_dataset(), resume=True)
+    assert resumed.step == 3 and resumed.next_controls()["weights"] is None  # the checkpoint's settings
+    resumed.fit()
+    rows = records(tmp_path / "run")
+    assert not [r for r in rows if r.get("event") == "change"]  # never applied in the surviving history
+    for r in [r for r in rows if "event" not in r]:
+        assert r["loss"] == pytest.approx(sum(r["loss_per_criterion"].values()), rel=1e-5)
+
+
+def test_a_completed_run_without_checkpoint_is_not_wiped_by_a_resume(tmp_path):
+    train(small_config(tmp_path, checkpoint_every=0), dataset=tiny_dataset())
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="completed run without checkpoint.pt"):
+        Trainer(small_config(tmp_path, checkpoint_every=0, temperature=0.9), dataset=tiny_dataset(), resume=True)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+    assert '"temperature": 0.2' in (tmp_path / "run" / "config.json").read_text()
+
+
+@pytest.mark.parametrize("indices,match", [
+    (torch.ones(48, dtype=torch.bool), "integer training-set indices"),
+    ([0.5, 1.5], "integer training-set indices"),
+    ([0], "at least 2"),
+    ([0, 48], r"in \[0, 48\)"),
+])
+def test_explain_refuses_bad_indices(tmp_path, indices, match):
+    t = Trainer(small_config(tmp_path), dataset=tiny_dataset())
+    with pytest.raises(ValueError, match=match):
+        t.explain(indices)
+    with pytest.raises(ValueError, match="only must list criteria"):
+        t.explain([0, 1], only=["bogus"])

@@ -239,3 +239,34 @@ def test_criteria_agreement_heatmap_shows_the_summary_values():
     assert "no learned criteria" in criteria_agreement({}).layout.annotations[0].text
     with pytest.raises(ValueError, match="finite"):
         criteria_agreement({"p": {"shape": float("nan")}})
+
+
+def test_sync_figure_clears_what_the_new_figure_leaves_out():
+    import plotly.graph_objects as go
+
+    w = go.FigureWidget(go.Bar(y=[1], error_y=dict(array=[0.1])))
+    w.add_annotation(text="no runs to compare")
+    sync_figure(w, go.Figure(go.Bar(y=[2])))
+    assert w.data[0].error_y.array is None and not w.layout.annotations and list(w.data[0].y) == [2]
+
+
+def test_the_instance_criterion_cannot_be_switched_off():
+    ex, toy = explorer()
+    ex.controls["on:instance"].value = False
+    assert ex.controls["on:instance"].value is True and ex.enabled()[0] == "instance"
+
+
+def test_starting_values_outside_the_default_slider_ranges_are_kept():
+    ex, toy = explorer(temperature=5.0, weights=[1.0, 10.0, 1.0])
+    assert ex.controls["temperature"].value == pytest.approx(5.0) and ex.controls["weight:fine"].value == 10.0
+    assert ex.loss().temperature == pytest.approx(5.0) and ex.loss().weights == [1.0, 10.0, 1.0]
+
+
+def test_decreasing_thresholds_refuses_what_cannot_be_kept_decreasing():
+    with pytest.raises(ValueError, match="finite"):
+        decreasing_thresholds([float("nan"), 0.0, -0.5], 1)
+    with pytest.raises(ValueError, match="gap"):
+        decreasing_thresholds([0.5, 0.0, -0.5], 1, gap=1.5)
+    with pytest.raises(ValueError, match="gap"):
+        decreasing_thresholds([0.5, 0.0, -0.5], 1, gap=0.0)
+    assert decreasing_thresholds([0.5, 3.0, -0.5], 2) == pytest.approx([1.0, 0.99, -0.5])

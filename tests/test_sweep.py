@@ -56,3 +56,17 @@ def test_a_dataset_of_another_name_is_refused(tmp_path):
     configs = variants(small_config(tmp_path, dataset="digits"), tmp_path / "s", {"a": {}})
     with pytest.raises(ValueError, match="trains on 'digits' but dataset 'tiny'"):
         run_sweep(configs, dataset=tiny_dataset())
+
+
+def test_mistakes_are_found_before_the_first_run_trains(tmp_path):
+    base = small_config(tmp_path, dataset="tiny")
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        variants(base, tmp_path, {"x": {"criteria": ["instance", "proto-4", "proto-16"]}})
+    with pytest.raises(ValueError, match="unknown criteria"):
+        variants(base, tmp_path, {"x": {"criteria": ["instance", "protos-4"]}})
+    with pytest.raises(ValueError, match="must be a dict"):
+        variants(base, tmp_path, {"x": 0.1})
+    configs = variants(small_config(tmp_path, dataset="digits"), tmp_path / "s", {"a": {}, "b": {"dataset": "nope"}})
+    with pytest.raises(ValueError, match="sweep run 'b'.*nope"):
+        run_sweep(configs)
+    assert not (tmp_path / "s" / "a").exists()  # run "a" did not train first
