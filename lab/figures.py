@@ -1072,6 +1072,8 @@ def level_embeddings(coords, levels, level_names, class_names=None, title: str =
         lev = lev.astype(np.int64)
     elif lev.dtype.kind not in "iub":
         raise ValueError(f"levels must hold integer labels, got dtype {lev.dtype}")
+    if isinstance(level_names, str):
+        raise ValueError(f"level_names must be a list of names, one per level, got the string {level_names!r}")
     names = [str(x) for x in (list(level_names) if level_names is not None else [])]
     if len(names) != lev.shape[0]:
         raise ValueError(f"level_names must name each of the {lev.shape[0]} levels, got {names}")
@@ -1307,6 +1309,8 @@ def run_comparison(summaries: Mapping[str, Mapping[str, Any] | None], metrics: S
     for name, s in summaries.items():
         if s is not None and not isinstance(s, Mapping):
             raise ValueError(f"summaries[{name!r}] must be a summary dict or None, got {type(s).__name__}")
+    if isinstance(metrics, str):
+        raise ValueError(f"metrics must be a list of metric labels, got the string {metrics!r}")
     available = _comparison_metrics(summaries)
     if metrics is None:
         chosen = available

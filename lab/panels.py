@@ -361,7 +361,12 @@ class EmbeddingExplorer:
             raise ValueError(f"levels has {self.levels.shape[0]} rows but {len(self.level_names)} level_names")
         if self.levels.shape[1] != self.coords.shape[0]:
             raise ValueError(f"levels has {self.levels.shape[1]} samples but coords has {self.coords.shape[0]}")
+        if not self.level_names:
+            raise ValueError("level_names must name at least one level")
         self.class_names = list(class_names) if class_names is not None else [None] * len(self.level_names)
+        if len(self.class_names) != len(self.level_names):
+            raise ValueError(f"class_names must have one entry (a list of names or None) per level "
+                             f"({len(self.level_names)}), got {len(self.class_names)}")
         self.axis_name, self.title = axis_name, title
         self.controls = {"level": widgets.Dropdown(options=self.level_names, description="colour by")}
         self.figures = {"embedding": go.FigureWidget()}

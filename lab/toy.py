@@ -69,6 +69,8 @@ def toy_hierarchy(coarse: int = 2, fine_per_coarse: int = 3, points_per_fine: in
     for arg, value in (("fine_spread", fine_spread), ("point_spread", point_spread), ("view_noise", view_noise)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"{arg} must be a finite number >= 0 (radians), got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     rng = np.random.default_rng(seed)
     angles, fine, group = [], [], []
     for c in range(coarse):
