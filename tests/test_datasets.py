@@ -446,3 +446,16 @@ def test_folder_errors(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_dataset(f"folder:{tmp_path / 'nowhere'}", data_dir=tmp_path)
+
+
+def test_a_cache_from_an_older_generator_is_regenerated_not_reused(shapes_small, tmp_path):
+    import numpy as np
+
+    path = tmp_path / "cache" / "shapes-v1-seed0-n100.npz"
+    path.parent.mkdir(parents=True)
+    # a file of the right shape and dtype but written before revisions existed (revision 1 colours)
+    np.savez(path, images=np.zeros((1200, 3, 32, 32), dtype=np.uint8), labels=np.arange(1200) % 12)
+    again = load_dataset("shapes", data_dir=tmp_path, size="small")
+    assert torch.equal(again.train.images, shapes_small.train.images)  # the stale zeros were not used
+    with np.load(path) as data:
+        assert int(data["revision"]) >= 2
