@@ -98,7 +98,6 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_lab(args: argparse.Namespace) -> int:
     import importlib.util
-    import subprocess
 
     if importlib.util.find_spec("jupyterlab") is None:
         raise ImportError('JupyterLab is not installed in this environment: pip install -e . (or make test)')
@@ -114,7 +113,9 @@ def run_lab(args: argparse.Namespace) -> int:
     if hasattr(os, "geteuid") and os.geteuid() == 0 and not any("allow_root" in a for a in args.jupyter_args):
         command.append("--ServerApp.allow_root=True")  # Jupyter refuses root otherwise (containers, CI)
     print(f"rcl lab: JupyterLab on {notebooks.resolve()} (Ctrl-C twice to stop)", flush=True)
-    return subprocess.call(command + list(args.jupyter_args))
+    # JupyterLab replaces this process, so Ctrl-C and SIGTERM reach it directly (no orphaned server).
+    os.execv(sys.executable, command + list(args.jupyter_args))
+    return 0  # not reached
 
 
 def _default_notebooks() -> Path:

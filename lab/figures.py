@@ -715,7 +715,7 @@ def _pairs(info, criteria_names):
 
 def pull_push_map(info, criteria_names: Sequence[str] | None = None, order: Sequence[int] | None = None,
                   key_order: Sequence[int] | None = None, title: str = "Pull / push: P_s − P_f",
-                  hover=None) -> go.Figure:
+                  hover=None, sample_names: Sequence[str] | None = None) -> go.Figure:
     """Heatmap of ``info.relativeness − info.feature_similarity`` for every (anchor, key) pair.
 
     Parameters
@@ -727,6 +727,8 @@ def pull_push_map(info, criteria_names: Sequence[str] | None = None, order: Sequ
         Default: as given (columns follow ``order`` in self-contrast).
     hover : None (build the hover texts), or the texts of an earlier call with the same labels and
         orders, or False (leave ``customdata`` out: a panel that keeps the texts it already sent).
+    sample_names : a name per sample (e.g. its fine cluster, "A1"), shown on the axes as
+        ``"A1 · 3"`` (name and index); default the indices alone.
 
     Returns
     -------
@@ -749,12 +751,18 @@ def pull_push_map(info, criteria_names: Sequence[str] | None = None, order: Sequ
         hover = np.asarray(hover, dtype=object)
         if hover.shape != z.shape:
             raise ValueError(f"hover must be the {z.shape} texts of an earlier call, got shape {hover.shape}")
+    if sample_names is not None and len(sample_names) != max(n, m if not info.self_contrast else n):
+        raise ValueError(f"sample_names must name every sample ({max(n, m)}), got {len(sample_names)}")
+
+    def axis_text(idx):  # category axes: every label must be unique, hence the index
+        return [str(i) if sample_names is None else f"{sample_names[i]} · {i}" for i in idx]
+
     span = float(np.abs(z).max()) or 1.0
     fig = go.Figure(go.Heatmap(
-        z=z, x=[str(c) for c in cols], y=[str(r) for r in rows], zmid=0.0, zmin=-span, zmax=span,
+        z=z, x=axis_text(cols), y=axis_text(rows), zmid=0.0, zmin=-span, zmax=span,
         colorscale=[[0.0, _PUSH], [0.5, "#f7f7f7"], [1.0, _PULL]], customdata=None if hover is False else hover,
         hovertemplate="%{customdata}<br>P_s − P_f %{z:.4f}<extra></extra>",
-        colorbar=dict(title=dict(text="P_s − P_f"), tickvals=[-span, 0, span],
+        colorbar=dict(title=dict(text="P_s − P_f", side="right"), tickvals=[-span, 0, span],
                       ticktext=[f"push ({-span:.2g})", "0", f"pull ({span:.2g})"]),
     ))
     fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT, height=560,

@@ -86,12 +86,10 @@ def test_demo_runs_both_methods_with_the_same_budget_and_writes_the_report(tmp_p
 
 
 def test_rcl_lab_opens_jupyterlab_on_the_notebooks_with_notebook_01(monkeypatch, tmp_path, capsys):
-    import subprocess as sp
-
     from lab import cli
 
     calls = []
-    monkeypatch.setattr(sp, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(cli.os, "execv", lambda exe, cmd: calls.append(cmd))
     monkeypatch.chdir(tmp_path)  # no notebooks/ here: the project's own folder is used
     assert cli.main(["lab", "--no-browser"]) == 0
     (cmd,) = calls

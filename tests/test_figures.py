@@ -415,3 +415,21 @@ def test_pf_ps_scatter_samples_each_relation_evenly_when_the_batch_is_large():
         np.testing.assert_allclose(t.x, pf[a, b], rtol=1e-6)
         np.testing.assert_allclose(t.y, ps[a, b], rtol=1e-6)
     assert "260 of 3,600 pairs" in small.layout.title.subtitle.text
+
+
+def test_pull_push_map_labels_its_axes_with_sample_names():
+    import torch
+
+    from lab.figures import pull_push_map
+    from rcl_core.loss import RelativeContrastiveLoss
+
+    q = torch.nn.functional.normalize(torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels = torch.stack([torch.arange(6), torch.tensor([0, 0, 1, 1, 2, 2])])
+    info = RelativeContrastiveLoss(0.2).explain(q, q.roll(1, 0), labels, labels)
+    names = ["a", "a", "b", "b", "c", "c"]
+    fig = pull_push_map(info, ["instance", "k3"], order=[5, 4, 3, 2, 1, 0], key_order=[0, 1, 2, 3, 4, 5],
+                        sample_names=names)
+    assert list(fig.data[0].y) == ["c · 5", "c · 4", "b · 3", "b · 2", "a · 1", "a · 0"]
+    assert list(fig.data[0].x) == ["a · 0", "a · 1", "b · 2", "b · 3", "c · 4", "c · 5"]
+    with pytest.raises(ValueError, match="sample_names"):
+        pull_push_map(info, ["instance", "k3"], sample_names=names[:3])
