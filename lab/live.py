@@ -325,17 +325,15 @@ class LiveView:
     def _on_control(self, change) -> None:
         if self._syncing:
             return
-        from lab.panels import decreasing_thresholds
+        from lab.panels import keep_decreasing
 
         names, c = self.live.criteria_names, self.controls
         owner = change["owner"]
         if f"threshold:{names[0]}" in c and owner in [c[f"threshold:{n}"] for n in names]:
-            moved = [c[f"threshold:{n}"] for n in names].index(owner)
-            fixed = decreasing_thresholds([c[f"threshold:{n}"].value for n in names], moved)
+            sliders = [c[f"threshold:{n}"] for n in names]
             self._syncing = True
             try:
-                for n, v in zip(names, fixed):
-                    c[f"threshold:{n}"].value = v
+                keep_decreasing(sliders, sliders.index(owner))
             finally:
                 self._syncing = False
         # Only the setting that moved is sent, so a change made from code to another one stands.

@@ -85,6 +85,15 @@ def decreasing_thresholds(values: Sequence[float], moved: int, gap: float = 0.01
     return t
 
 
+def keep_decreasing(sliders: Sequence, moved: int) -> None:
+    """Move the other threshold sliders (fine -> coarse) the least that keeps the values strictly
+    decreasing after ``sliders[moved]`` was set (:func:`decreasing_thresholds`, one slider step apart)."""
+    fixed = decreasing_thresholds([s.value for s in sliders], moved, gap=sliders[0].step)
+    for s, v in zip(sliders, fixed):
+        if abs(s.value - v) > 1e-9:
+            s.value = v
+
+
 def fit_slider(slider, value: float) -> None:
     """Set a slider to ``value``, widening its range first so that the value is never clipped."""
     if hasattr(slider, "base"):  # FloatLogSlider: min and max are exponents
@@ -252,13 +261,9 @@ class LossExplorer:
         self.update()
 
     def _keep_decreasing(self, moved: int) -> None:
-        sliders = [self.controls[f"threshold:{n}"] for n in self.names]
-        fixed = decreasing_thresholds([s.value for s in sliders], moved, gap=sliders[0].step)
         self._syncing = True
         try:
-            for s, v in zip(sliders, fixed):
-                if abs(s.value - v) > 1e-9:
-                    s.value = v
+            keep_decreasing([self.controls[f"threshold:{n}"] for n in self.names], moved)
         finally:
             self._syncing = False
 

@@ -65,6 +65,11 @@ class Criterion:
         """Labels (levels, B) of the samples with dataset ``indices`` (B,)."""
         raise NotImplementedError
 
+    def label_keys(self, keys: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Labels of an inspection batch with its key features (B, D), learning nothing from it. Criteria
+        that label by index (instance, ground truth, k-means tables) ignore the keys."""
+        return self.labels(indices)
+
     def active(self, epoch: float) -> bool:
         return True
 
@@ -418,7 +423,7 @@ class CriteriaSet:
         by_name = {}
         for c in self.criteria:
             if c.active(epoch):
-                rows = c.label_keys(keys, indices) if keys is not None and hasattr(c, "label_keys") else c.labels(indices)
+                rows = c.labels(indices) if keys is None else c.label_keys(keys, indices)
                 by_name.update(zip(c.names, rows))
         positions = [i for i, n in enumerate(self.names) if n in by_name]
         names = [self.names[i] for i in positions]

@@ -90,12 +90,16 @@ class MetricsLog:
             f.write(json.dumps(row) + "\n")
             f.flush()
 
+    def logs(self, step: int, epoch_end: bool) -> bool:
+        """Whether step ``step`` gets a record (the trainer measures the excess only for those)."""
+        return epoch_end or step % self.every == 0
+
     def __call__(self, event: Event) -> None:
         if event.kind == "step":
             row = {"step": event.step, "epoch": round(event.epoch, 4), **event.data}
             if event.data.get("epoch_end"):
                 self._pending = row  # written with the epoch's evaluation, if any
-            elif event.step % self.every == 0:
+            elif self.logs(event.step, False):
                 self._write(row)
         elif event.kind == "epoch":
             row = self._pending or {"step": event.step, "epoch": event.epoch}
@@ -252,19 +256,11 @@ class Trainer:
                     raise ValueError(f"enabled must include 'instance' (the finest criterion), got {enabled}")
                 new["enabled"] = [n for n in names if n in enabled]
             if weights is not None:
-                weights = _numbers("weights", weights, names)
-                if len(weights) != len(names):
-                    raise ValueError(f"weights must have one value per criterion ({len(names)}: {names}), "
-                                     f"got {len(weights)}")
-                validate_weights(weights)
-                new["weights"] = weights
+                new["weights"] = _per_criterion("weights", weights, names)
+                validate_weights(new["weights"])
             if thresholds is not None:
-                thresholds = _numbers("thresholds", thresholds, names)
-                if len(thresholds) != len(names):
-                    raise ValueError(f"thresholds must have one value per criterion ({len(names)}: {names}), "
-                                     f"got {len(thresholds)}")
-                validate_thresholds(thresholds, self.config.form)
-                new["thresholds"] = thresholds
+                new["thresholds"] = _per_criterion("thresholds", thresholds, names)
+                validate_thresholds(new["thresholds"], self.config.form)
             if temperature is not None:
                 if isinstance(temperature, bool) or not isinstance(temperature, Real) or not (
                         MIN_TEMPERATURE <= float(temperature) < float("inf")):
@@ -383,7 +379,7 @@ class Trainer:
         if not bool(torch.isfinite(torch.stack([q1.sum(), k1.sum(), q2.sum(), k2.sum()])).all()):
             raise FloatingPointError(f"training diverged at step {self.step}: the encoders output NaN or Inf "
                                      f"(lower --lr, now {cfg.lr}, or raise --temperature, now {cfg.temperature})")
-        keys = F.normalize(F.normalize(k1.float(), dim=1) + F.normalize(k2.float(), dim=1), dim=1)
+        keys = _batch_keys(k1, k2)
         self.criteria.observe(indices, keys)
         labels, names = self._loss_inputs(indices, epoch)
         loss_a, parts_a = self.loss_fn.forward_with_parts(q1.float(), k2.float(), labels, labels)
@@ -438,7 +434,7 @@ class Trainer:
             q1, _, k1, k2 = self.model(x1, x2)
         finally:
             self.model.train()
-        keys = F.normalize(F.normalize(k1.float(), dim=1) + F.normalize(k2.float(), dim=1), dim=1)
+        keys = _batch_keys(k1, k2)
         loss_fn = RelativeContrastiveLoss(self.config.temperature, self.config.form, None, self.config.thresholds)
         labels, names = self._loss_inputs(indices, epoch, keys, controls=ctl, loss_fn=loss_fn)
         return loss_fn.explain(q1.float(), k2.float(), labels, labels), names, labels
@@ -502,8 +498,7 @@ class Trainer:
             order = self._epoch_order(epoch)
             for i in range(pos, spe):
                 idx = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.device)
-                log = (self.step + 1) % cfg.log_every == 0 or i == spe - 1
-                data = self.train_step(idx, epoch + i / spe, log=log)
+                data = self.train_step(idx, epoch + i / spe, log=self.metrics.logs(self.step + 1, i == spe - 1))
                 self.step += 1
                 data["wall_seconds"] = round(self.wall_before + self._elapsed(), 3)
                 if i == spe - 1:
@@ -597,12 +592,20 @@ class Trainer:
         return summary
 
 
-def _numbers(name: str, values, names: list[str]) -> list[float]:
+def _per_criterion(name: str, values, names: list[str]) -> list[float]:
+    """``values`` as floats, one per criterion of ``names``; anything else is refused, naming ``name``."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
         raise ValueError(f"{name} must be a list of numbers, one per criterion {names}, got {values!r}")
     if not all(isinstance(v, Real) and not isinstance(v, bool) for v in values):
         raise ValueError(f"{name} must be a list of numbers, one per criterion {names}, got {list(values)!r}")
+    if len(values) != len(names):
+        raise ValueError(f"{name} must have one value per criterion ({len(names)}: {names}), got {len(values)}")
     return [float(v) for v in values]
+
+
+def _batch_keys(k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
+    """One L2-normalised key per sample from its two views' momentum keys: what criteria label."""
+    return F.normalize(F.normalize(k1.float(), dim=1) + F.normalize(k2.float(), dim=1), dim=1)
 
 
 def train(config: TrainConfig, resume: bool = False, listeners=(), dataset=None, overwrite: bool = False) -> dict:
