@@ -102,7 +102,6 @@ class LiveTraining:
         self.held = threading.Event()  # set while a pause holds the training thread
         self._last_draw = 0.0
         self.view: LiveView | None = None  # the widgets, once widget() made them
-        self.last_explanation = None  # (RCLExplanation, names) of the inspection batch, last refresh
 
     # ------------------------------------------------------------------ control
     @property
@@ -124,9 +123,7 @@ class LiveTraining:
         if self._started:
             # After a stop (or a failure): a new trainer reads the checkpoint exactly as `rcl train --resume`
             # does; changes made while stopped carry over.
-            old = self.trainer
-            with old._controls_lock:
-                carried = {**old.controls, **old._pending}
+            carried = self.trainer.next_controls()
             self.trainer = Trainer(self.config, dataset=self.dataset, listeners=[self._on_event], resume=True)
             self.trainer.set_controls(**carried)
         self._started = True
@@ -232,7 +229,6 @@ class LiveTraining:
         idx = torch.arange(self.inspect_size)
         info, names, _ = self.trainer.explain(idx)
         typical, _, _ = self.trainer.explain(idx, only=["instance"]) if names != ["instance"] else (info, None, None)
-        self.last_explanation = (info, names, typical)
         return info, names, typical
 
     def _draw(self, force: bool = False) -> None:
