@@ -16,12 +16,12 @@ from pathlib import Path
 from rcl_core.config import TrainConfig
 
 _HELP = {
-    "method": "moco (instance criterion only) or rcl",
+    "method": "moco (instance criterion only), rcl, or proto (SupCon on one clustering's pseudo labels after the warm-up)",
     "dataset": "digits, shapes, mnist5k or folder:PATH",
     "data_dir": "where generated datasets are cached",
     "data_seed": "seed of generated datasets (shapes)",
     "criteria": "comma-separated, instance first: proto-K (online clustering), kmeans-K, gt, gt:LEVEL; "
-                "empty = the method's default (rcl: instance,proto-64,proto-16)",
+                "empty = the method's default (rcl: instance,proto-64,proto-16; proto: instance,kmeans-16)",
     "weights": "comma-separated weight per criterion; empty = all 1",
     "form": "softmax (sum of per-criterion SupCon losses) or sigmoid (pairwise thresholds)",
     "thresholds": "comma-separated cosine thresholds, strictly decreasing (form=sigmoid)",

@@ -16,7 +16,7 @@ from typing import Any
 from rcl_core.criteria import _SPEC
 from rcl_core.loss import MIN_TEMPERATURE
 
-METHODS = ("moco", "rcl")
+METHODS = ("moco", "rcl", "proto")
 FORMS = ("softmax", "sigmoid")
 
 
@@ -30,7 +30,9 @@ class TrainConfig:
     data_dir: str = "data"
     data_seed: int = 0  # generated datasets (shapes) only; fixed so runs with different seeds share the data
     # Criteria, fine -> coarse. Empty means the method's default: ``moco`` -> instance only;
-    # ``rcl`` -> instance + online hierarchical clustering (``proto-K`` levels, K decreasing).
+    # ``rcl`` -> instance + online hierarchical clustering (``proto-K`` levels, K decreasing);
+    # ``proto`` -> instance + ``kmeans-16``: instance positives during the cluster warm-up, then SupCon
+    # on the one clustering's pseudo labels alone (absolute prototype positives, the baseline RCL improves on).
     # Other choices: ``kmeans-K`` (k-means recomputed each epoch), ``gt`` (every ground-truth level)
     # or ``gt:LEVEL`` (one ground-truth level).
     criteria: list[str] = field(default_factory=list)
@@ -79,6 +81,8 @@ class TrainConfig:
             return list(self.criteria)
         if self.method == "moco":
             return ["instance"]
+        if self.method == "proto":
+            return ["instance", "kmeans-16"]
         return ["instance", "proto-64", "proto-16"]
 
     def _check_types(self) -> None:
@@ -109,6 +113,10 @@ class TrainConfig:
         crit = self.resolved_criteria()
         if self.method == "moco" and crit != ["instance"]:
             raise ValueError(f"method 'moco' uses the instance criterion only; got criteria={crit}")
+        if self.method == "proto" and (len(crit) != 2 or not isinstance(crit[1], str)
+                                       or not crit[1].startswith(("kmeans-", "proto-"))):
+            raise ValueError("method 'proto' takes the instance criterion and one clustering of one granularity "
+                             f"(e.g. ['instance', 'kmeans-16'] or ['instance', 'proto-16']); got criteria={crit}")
         if not crit or crit[0] != "instance":
             raise ValueError(f"criteria must start with 'instance' (finest first), got {crit}")
         if len(set(crit)) != len(crit):

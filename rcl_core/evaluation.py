@@ -71,11 +71,62 @@ def kmeans_labels(features: torch.Tensor, clusters: int, seed: int = 0) -> np.nd
     return KMeans(min(clusters, x.shape[0]), n_init=3, random_state=seed).fit_predict(x)
 
 
+def shared_levels(levels_a: np.ndarray, levels_b: np.ndarray) -> np.ndarray:
+    """How many ground-truth levels two samples agree at, for nested levels (L, ...) each: L when they share
+    the finest class, 0 when not even the coarsest one -- the depth of their lowest common ancestor."""
+    return (np.asarray(levels_a) == np.asarray(levels_b)).sum(0)
+
+
+def hierarchy_faithfulness(features: torch.Tensor, levels: torch.Tensor, max_anchors: int = 2000,
+                           seed: int = 0) -> float:
+    """How well cosine similarity orders pairs by the depth of their lowest common ground-truth ancestor.
+
+    For an anchor n and two other samples m, m' where m shares more (nested) levels with n than m' does,
+    the probability that cos(n, m) > cos(n, m'), ties counting one half; averaged over every such triple
+    (n, m, m') with n among at most ``max_anchors`` anchors (an even random sample beyond that, by
+    ``seed``). 1: similarity ranks every pair by its hierarchy; 0.5: no better than chance. With one level
+    it is the ROC AUC of "same class" against cosine similarity, pooled over anchors.
+
+    ``features`` (N, F); ``levels`` (L, N) integer labels, fine -> coarse.
+    """
+    x = F.normalize(torch.as_tensor(features).float(), dim=1)
+    lv = np.asarray(levels)
+    if x.dim() != 2 or lv.ndim != 2 or lv.shape[1] != x.shape[0]:
+        raise ValueError(f"features must be (N, F) and levels (L, N) with the same N, got {tuple(x.shape)} and "
+                         f"{lv.shape}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("features must be finite (got NaN or Inf)")
+    n = x.shape[0]
+    anchors = np.arange(n)
+    if n > max_anchors:
+        anchors = np.sort(np.random.default_rng(seed).choice(n, max_anchors, replace=False))
+    sims = (x[torch.as_tensor(anchors)] @ x.T).numpy().astype(np.float64)
+    above = pairs = 0.0
+    for row, a in enumerate(anchors):
+        depth = shared_levels(lv[:, a:a + 1], lv)
+        depth[a] = -1  # the anchor itself is not a pair
+        by_depth = [np.sort(sims[row, depth == d]) for d in range(lv.shape[0] + 1)]
+        for d, lower in enumerate(by_depth):
+            if lower.size == 0:
+                continue
+            for upper in by_depth[d + 1:]:
+                if upper.size:
+                    # For every deeper pair: the shallower pairs below it, plus half of the ties.
+                    below = np.searchsorted(lower, upper, side="left")
+                    tied = np.searchsorted(lower, upper, side="right") - below
+                    above += float(below.sum() + 0.5 * tied.sum())
+                    pairs += float(upper.size * lower.size)
+    if pairs == 0:
+        raise ValueError("hierarchy_faithfulness needs pairs at two different depths (at least two classes)")
+    return above / pairs
+
+
 def evaluate_features(train_features: torch.Tensor, train_levels: torch.Tensor, test_features: torch.Tensor,
                       test_levels: torch.Tensor, level_names: Sequence[str], k: int = 20,
                       temperature: float = 0.07, seed: int = 0, linear: bool = True) -> dict:
-    """kNN top-1 at every ground-truth level (finest first), linear top-1 at the finest, and k-means NMI/ARI
-    of the test features per level (k = number of classes at that level)."""
+    """kNN top-1 at every ground-truth level (finest first), linear top-1 at the finest, k-means NMI/ARI
+    of the test features per level (k = number of classes at that level), and the hierarchy faithfulness
+    of the test features (:func:`hierarchy_faithfulness`)."""
     out: dict = {"knn_top1_per_level": {}, "kmeans_nmi": {}, "kmeans_ari": {}}
     for row, name in enumerate(level_names):
         out["knn_top1_per_level"][name] = knn_top1(train_features, train_levels[row], test_features,
@@ -84,6 +135,7 @@ def evaluate_features(train_features: torch.Tensor, train_levels: torch.Tensor, 
         agree = clustering_agreement(kmeans_labels(test_features, len(np.unique(truth)), seed), truth)
         out["kmeans_nmi"][name], out["kmeans_ari"][name] = agree["nmi"], agree["ari"]
     out["knn_top1"] = out["knn_top1_per_level"][level_names[0]]
+    out["faithfulness"] = hierarchy_faithfulness(test_features, test_levels, seed=seed)
     if linear:
         out["linear_top1"] = linear_top1(train_features, train_levels[0], test_features, test_levels[0], seed)
     return out

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from rcl_core.augment import augment, preset
 from rcl_core.config import TrainConfig
@@ -36,6 +37,8 @@ from rcl_core.runs import atomic_write, atomic_write_json, atomic_write_text, re
 
 CHECKPOINT = "checkpoint.pt"
 EXPLAIN_ANCHORS = 256  # anchors of the training batch used to log the excess W * KL(P_s || P_f)
+#: The named phases of :meth:`Trainer.train_step`, in order (``torch.profiler`` record_function scopes).
+STEP_PHASES = ("augment", "encoders", "criteria", "loss", "backward", "optimizer", "momentum", "excess")
 
 
 @dataclass
@@ -359,6 +362,10 @@ class Trainer:
         loss_fn = self.loss_fn if loss_fn is None else loss_fn
         labels, names, positions = self.criteria.labels(indices, epoch, keys)
         keep = [i for i, n in enumerate(names) if n in ctl["enabled"]]
+        if self.config.method == "proto" and len(keep) > 1:
+            # Absolute prototype positives: once the clustering is on, every sample of the anchor's cluster
+            # is an equal positive (its own other view included) -- SupCon on the pseudo labels alone.
+            keep = keep[1:]
         labels, names, positions = labels[keep], [names[i] for i in keep], [positions[i] for i in keep]
         loss_fn.temperature = ctl["temperature"]
         loss_fn.weights = None if ctl["weights"] is None else [ctl["weights"][p] for p in positions]
@@ -367,40 +374,53 @@ class Trainer:
 
     def train_step(self, indices: torch.Tensor, epoch: float, log: bool = False) -> dict:
         """One optimisation step on ``indices``; ``log``: also measure the excess W * KL(P_s || P_f) on the
-        batch's first anchors (softmax form; a no-grad pass over at most 256 anchors)."""
+        batch's first anchors (softmax form; a no-grad pass over at most 256 anchors).
+
+        Its phases are named for ``torch.profiler`` (``step::augment``, ``step::encoders``,
+        ``step::criteria``, ``step::loss``, ``step::backward``, ``step::optimizer``, ``step::momentum``,
+        ``step::excess``; see :data:`STEP_PHASES`): ``benchmarks/speed.py`` shows where a step's time goes.
+        """
         cfg = self.config
         self._apply_controls(epoch)
-        x = self.train_images[indices]
-        x1 = augment(x, self.augmentation, self.generator)
-        x2 = augment(x, self.augmentation, self.generator)
+        with record_function("step::augment"):
+            x = self.train_images[indices]
+            x1 = augment(x, self.augmentation, self.generator)
+            x2 = augment(x, self.augmentation, self.generator)
         use_amp = cfg.amp and self.device.type == "cuda"
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with record_function("step::encoders"), torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                                                               enabled=use_amp):
             q1, q2, k1, k2 = self.model(x1, x2)
         if not bool(torch.isfinite(torch.stack([q1.sum(), k1.sum(), q2.sum(), k2.sum()])).all()):
             raise FloatingPointError(f"training diverged at step {self.step}: the encoders output NaN or Inf "
                                      f"(lower --lr, now {cfg.lr}, or raise --temperature, now {cfg.temperature})")
-        keys = _batch_keys(k1, k2)
-        self.criteria.observe(indices, keys)
-        labels, names = self._loss_inputs(indices, epoch)
-        loss_a, parts_a = self.loss_fn.forward_with_parts(q1.float(), k2.float(), labels, labels)
-        loss_b, parts_b = self.loss_fn.forward_with_parts(q2.float(), k1.float(), labels, labels)
-        loss = loss_a + loss_b  # MoCo v3's symmetric loss
+        with record_function("step::criteria"):
+            keys = _batch_keys(k1, k2)
+            self.criteria.observe(indices, keys)
+            labels, names = self._loss_inputs(indices, epoch)
+        with record_function("step::loss"):
+            loss_a, parts_a = self.loss_fn.forward_with_parts(q1.float(), k2.float(), labels, labels)
+            loss_b, parts_b = self.loss_fn.forward_with_parts(q2.float(), k1.float(), labels, labels)
+            loss = loss_a + loss_b  # MoCo v3's symmetric loss
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.model.update_momentum(momentum_at(self.step / max(1, self.total_steps), cfg.momentum))
+        with record_function("step::backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("step::optimizer"):
+            self.optimizer.step()
+        with record_function("step::momentum"):
+            self.model.update_momentum(momentum_at(self.step / max(1, self.total_steps), cfg.momentum))
         values = torch.cat([loss.detach()[None], (parts_a + parts_b)]).tolist()
         if not math.isfinite(values[0]):
             raise FloatingPointError(f"training diverged at step {self.step}: the loss became {values[0]} "
                                      f"(lower --lr, now {cfg.lr}, or raise --temperature, now {cfg.temperature})")
         out = {"loss": values[0], "loss_per_criterion": dict(zip(names, values[1:])), "lr": lr}
         if log and cfg.form == "softmax":
-            a = min(EXPLAIN_ANCHORS, q1.shape[0])
-            halves = [self.loss_fn.explain(q[:a].float(), k.float(), labels[:, :a], labels).excess
-                      for q, k in ((q1, k2), (q2, k1))]
+            with record_function("step::excess"):
+                a = min(EXPLAIN_ANCHORS, q1.shape[0])
+                halves = [self.loss_fn.explain(q[:a].float(), k.float(), labels[:, :a], labels).excess
+                          for q, k in ((q1, k2), (q2, k1))]
             out["excess"] = float(halves[0] + halves[1])  # of the symmetric loss, like "loss"
         return out
 
@@ -576,7 +596,7 @@ class Trainer:
             "status": "completed", "method": cfg.method, "dataset": ds.name, "epochs": cfg.epochs,
             "steps": self.step, "batch_size": self.batch_size, "criteria": self.criteria.names,
             "knn_top1": results["knn_top1"], "linear_top1": results["linear_top1"],
-            "knn_top1_per_level": results["knn_top1_per_level"],
+            "knn_top1_per_level": results["knn_top1_per_level"], "faithfulness": results["faithfulness"],
             "nmi": results["kmeans_nmi"], "ari": results["kmeans_ari"],
             "learned_nmi": learned_nmi, "learned_ari": learned_ari, "learned_nmi_source": source,
             "criteria_nmi": criteria_nmi, "criteria_ari": criteria_ari,

@@ -260,3 +260,26 @@ def test_config_types_and_devices_are_checked(tmp_path, kw, match):
 def test_a_warmup_longer_than_the_budget_is_warned_about(tmp_path):
     with pytest.warns(UserWarning, match="never join the loss"):
         Trainer(small_config(tmp_path, epochs=2, cluster_warmup_epochs=3), dataset=tiny_dataset())
+
+
+def test_proto_is_instance_during_warmup_then_supcon_on_the_pseudo_labels_alone(tmp_path):
+    ds = tiny_dataset()
+    trainer = Trainer(small_config(tmp_path, method="proto", criteria=["instance", "kmeans-4"]), dataset=ds)
+    s = trainer.fit()
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    for r in rows:
+        assert list(r["loss_per_criterion"]) == (["instance"] if r["step"] <= 3 else ["kmeans-4"])
+    assert s["criteria"] == ["instance", "kmeans-4"] and "faithfulness" in s
+    # P_s of an inspection batch: uniform over the keys in the anchor's k-means cluster, own view included.
+    idx = torch.arange(12)
+    expl, names, _ = trainer.explain(idx)
+    assert names == ["kmeans-4"]
+    table = trainer.criteria.criteria[1].table[0, idx]
+    same = (table[:, None] == table[None, :]).float()
+    torch.testing.assert_close(expl.relativeness, same / same.sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("criteria", [["instance", "kmeans-4", "kmeans-2"], ["instance", "gt"], ["instance"]])
+def test_proto_takes_exactly_one_clustering(tmp_path, criteria):
+    with pytest.raises(ValueError, match="method 'proto' takes the instance criterion and one clustering"):
+        small_config(tmp_path, method="proto", criteria=criteria).validate()
