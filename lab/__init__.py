@@ -24,6 +24,8 @@ _EXPORTS = {
     "prototype_dendrogram": "figures",
     "run_comparison": "figures",
     "criteria_agreement": "figures",
+    "quality_comparison": "figures",
+    "speed_growth": "figures",
     "RunBrowser": "panels",
     "EmbeddingExplorer": "panels",
     "load_prototypes": "report",

@@ -46,6 +46,9 @@ __all__ = [
     "prototype_dendrogram",
     "run_comparison",
     "criteria_agreement",
+    "quality_comparison",
+    "QUALITY_METRICS",
+    "speed_growth",
 ]
 
 _RUN_PALETTE = pcolors.qualitative.Plotly
@@ -1251,7 +1254,7 @@ def prototype_dendrogram(prototypes, names=None, counts=None,
 
 # ---------------------------------------------------------------------------------- run comparison
 
-_METRIC_LABELS = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1"}
+_METRIC_LABELS = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1", "faithfulness": "faithfulness"}
 _LEVEL_METRICS = {"knn_top1_per_level": "kNN", "nmi": "NMI", "learned_nmi": "learned NMI"}
 
 
@@ -1281,6 +1284,12 @@ def _comparison_metrics(summaries) -> list[tuple[str, str, str | None]]:
         if key == "knn_top1_per_level" and len(levels) < 2:
             continue  # one level: "kNN top-1" already is that level's kNN (as in the results table)
         out += [(f"{word} {lv}", key, lv) for lv in levels]
+    # Any other key holding a benchmark aggregate is a metric under its own name ("knn_top1@fine").
+    known = set(_METRIC_LABELS) | set(_LEVEL_METRICS)
+    for s in summaries.values():
+        for key, value in (s.items() if isinstance(s, Mapping) else ()):
+            if key not in known and isinstance(value, Mapping) and "mean" in value and (key, key, None) not in out:
+                out.append((key, key, None))
     return out
 
 
@@ -1292,9 +1301,10 @@ def run_comparison(summaries: Mapping[str, Mapping[str, Any] | None], metrics: S
     ----------
     summaries : dict run name -> summary dict
         As the trainer writes ``summary.json``: ``knn_top1``, ``linear_top1`` and per-level dicts
-        ``knn_top1_per_level``, ``nmi`` (k-means), ``learned_nmi`` ({level: value}). A value may also be
-        a benchmark aggregate ``{"mean": m, "std": s, "n": k}``: the bar is the mean, with a ±std error
-        bar. A run lacking a metric (or a ``None`` summary) has no bar there; a non-finite value is not
+        ``knn_top1_per_level``, ``nmi`` (k-means), ``learned_nmi`` ({level: value}), ``faithfulness``. A value
+        may also be a benchmark aggregate ``{"mean": m, "std": s, "n": k}``: the bar is the mean, with a
+        ±std error bar; any other key holding such an aggregate is a metric under its own name (the
+        quality benchmark's ``knn_top1@fine`` ...). A run lacking a metric (or a ``None`` summary) has no bar there; a non-finite value is not
         drawn and a note lists it.
     metrics : sequence of str, optional
         Which metrics, in order: x labels as shown ("kNN top-1", "linear top-1", "kNN fine",
@@ -1435,4 +1445,133 @@ def criteria_agreement(criteria_nmi: Mapping[str, Mapping[str, float]],
     fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT,
                       height=max(260, 90 + 60 * len(rows)), xaxis=dict(title="ground-truth level", side="bottom"),
                       yaxis=dict(title="learned criterion", autorange="reversed"))
+    return fig
+
+
+#: The quality benchmark's headline metrics, in the order :func:`quality_comparison` draws them.
+QUALITY_METRICS = ("knn_top1@fine", "knn_top1@coarse", "linear_top1", "nmi@fine", "nmi@coarse", "faithfulness")
+
+
+def _aggregate_values(run: Mapping[str, Any] | None, metric: str):
+    value = (run or {}).get(metric)
+    return value.get("values", value.get("mean")) if isinstance(value, Mapping) else value
+
+
+def quality_comparison(results: Mapping[str, Mapping[str, Mapping[str, Any]]], datasets: Sequence[str] | None = None,
+                       metrics: Sequence[str] = QUALITY_METRICS,
+                       title: str = "Quality at the same budget: mean ± std over seeds") -> go.Figure:
+    """The quality benchmark's results: one panel per dataset, one bar group per metric, one bar per method.
+
+    Parameters
+    ----------
+    results : dict
+        ``benchmarks/quality.py``'s JSON: ``{dataset: {method: {metric: {"mean", "std", "n"}}}}``.
+    datasets : sequence of str, optional
+        Which datasets, in order (default: all of ``results``).
+    metrics : sequence of str
+        Metric names to draw where a dataset has them (default :data:`QUALITY_METRICS`). On a dataset with
+        one ground-truth level the ``@coarse`` metrics equal the ``@fine`` ones and are drawn once.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    go.Figure
+        The bars of :func:`run_comparison` for each dataset (error bars = std over seeds, hover says n),
+        stacked in rows; a method keeps its colour and one legend entry across the panels.
+    """
+    if not isinstance(results, Mapping) or not all(isinstance(v, Mapping) for v in results.values()):
+        raise ValueError("results must be {dataset: {method: {metric: aggregate}}} (benchmarks/quality.py's JSON)")
+    if isinstance(metrics, str):
+        raise ValueError(f"metrics must be a list of metric names, got the string {metrics!r}")
+    datasets = list(results) if datasets is None else list(datasets)
+    unknown = [d for d in datasets if d not in results]
+    if unknown:
+        raise ValueError(f"datasets: {unknown} not in the results (they hold {list(results)})")
+    if not datasets:
+        fig = go.Figure()
+        _note(fig, "no quality results")
+        fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT)
+        return fig
+    methods = list(dict.fromkeys(m for d in datasets for m in results[d]))
+    colours = run_colors(methods)
+
+    def seeds(runs):
+        ns = {v.get("n") for r in runs.values() for v in (r or {}).values() if isinstance(v, Mapping)}
+        return "/".join(str(n) for n in sorted(n for n in ns if isinstance(n, int))) or "?"
+
+    fig = make_subplots(rows=len(datasets), cols=1, vertical_spacing=0.3 / len(datasets),
+                        subplot_titles=[f"{html.escape(str(d))} (seeds: {seeds(results[d])})" for d in datasets])
+    shown = set()
+    for row, d in enumerate(datasets, start=1):
+        runs = results[d]
+        here = [m for m in metrics if any(m in (r or {}) for r in runs.values())]
+        here = [m for m in here if not (
+            m.endswith("@coarse") and m.replace("@coarse", "@fine") in here
+            and all(_aggregate_values(r, m) == _aggregate_values(r, m.replace("@coarse", "@fine"))
+                    for r in runs.values()))]
+        panel = run_comparison(runs, here) if here else go.Figure()
+        for trace in panel.data:
+            name = trace.meta["run"]
+            trace.marker.color = colours[name]
+            trace.showlegend = bool(trace.showlegend) and name not in shown
+            shown.add(name)
+            fig.add_trace(trace, row=row, col=1)
+        fig.update_yaxes(title_text="score", range=[0, 1.08], row=row, col=1)
+        fig.update_xaxes(categoryorder="array", categoryarray=panel.layout.xaxis.categoryarray or here, row=row, col=1)
+    fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT, barmode="group",
+                      bargap=0.18, height=120 + 330 * len(datasets), margin=dict(l=60, r=20, t=90, b=50),
+                      legend=dict(title_text="method", tracegroupgap=2))
+    return fig
+
+
+_SPEED_NAMES = {"infonce": "InfoNCE (F.cross_entropy)", "rcl": "RCL (rcl_core)",
+                "pml_sum": "SupConLoss per criterion, summed (pytorch-metric-learning)"}
+
+
+def speed_growth(sweeps: Mapping[str, Sequence[Mapping[str, Any]]],
+                 title: str = "Loss forward + backward: how time and peak memory grow") -> go.Figure:
+    """Log-log growth of the loss's cost: time and peak memory against N (at H = 4) and against H (at the
+    largest N of the H sweep), one line per implementation.
+
+    Parameters
+    ----------
+    sweeps : dict
+        ``benchmarks/speed.py``'s ``loss_sweeps``: ``{"n": rows, "h": rows}``, each row a dict with ``n``,
+        ``h``, ``d`` and, per implementation (``infonce``, ``rcl``, ``pml_sum``), ``<name>_ms`` and
+        ``<name>_peak_bytes``.
+
+    Returns
+    -------
+    go.Figure
+        Four panels (time / memory against N / H), log axes; hover gives the value and the ratio to InfoNCE.
+    """
+    if not isinstance(sweeps, Mapping) or not any(sweeps.get(k) for k in ("n", "h")):
+        raise ValueError("sweeps must be {'n': rows, 'h': rows} as benchmarks/speed.py writes them")
+    at_n = sorted({row["n"] for row in sweeps.get("h") or []})
+    at = f" (N = {', '.join(map(str, at_n))})" if at_n else ""
+    fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.1, vertical_spacing=0.16,
+                        subplot_titles=["time against N (H = 4)", "peak memory against N (H = 4)",
+                                        f"time against H{at}", f"peak memory against H{at}"])
+    colours = run_colors(list(_SPEED_NAMES))
+    for r, axis in enumerate(("n", "h"), start=1):
+        rows = sorted(sweeps.get(axis) or [], key=lambda row: row[axis])
+        for c, (unit, suffix, scale) in enumerate((("ms", "_ms", 1.0), ("MiB", "_peak_bytes", 2.0 ** -20)), start=1):
+            for name, label in _SPEED_NAMES.items():
+                pts = [(row[axis], row[name + suffix] * scale, row[name + suffix] / row["infonce" + suffix])
+                       for row in rows if row.get(name + suffix) and row.get("infonce" + suffix)]
+                if not pts:
+                    continue
+                xs, ys, ratio = zip(*pts)
+                fig.add_trace(go.Scatter(
+                    x=list(xs), y=list(ys), mode="lines+markers", name=label, legendgroup=name,
+                    showlegend=(r, c) == (1, 1), line=dict(color=colours[name], width=2), marker=dict(size=7),
+                    customdata=list(ratio),
+                    hovertemplate=f"{label}<br>{axis.upper()} = %{{x}}<br>%{{y:.3g}} {unit}"
+                                  "<br>%{customdata:.2f}x InfoNCE<extra></extra>"), row=r, col=c)
+            fig.update_yaxes(type="log", title_text=unit, row=r, col=c)
+            fig.update_xaxes(type="log", title_text="N (queries = keys)" if axis == "n" else "H (criteria)",
+                             tickvals=[row[axis] for row in rows], row=r, col=c)
+    fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT, height=720,
+                      margin=dict(l=60, r=20, t=90, b=60), legend=dict(orientation="h", y=-0.1, x=0))
     return fig

@@ -433,3 +433,68 @@ def test_pull_push_map_labels_its_axes_with_sample_names():
     assert list(fig.data[0].x) == ["a · 0", "a · 1", "b · 2", "b · 3", "c · 4", "c · 5"]
     with pytest.raises(ValueError, match="sample_names"):
         pull_push_map(info, ["instance", "k3"], sample_names=names[:3])
+
+
+def _agg(values):
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "n": len(values), "values": list(values)}
+
+
+def test_quality_comparison_panels_bars_and_error_bars_follow_the_json():
+    results = {
+        "shapes": {m: {"knn_top1@fine": _agg([a, a + 0.02, a + 0.04]), "knn_top1@coarse": _agg([a + 0.2] * 3),
+                       "nmi@coarse": _agg([a / 2, a / 3, a / 4]), "faithfulness": _agg([0.7, 0.72, 0.74]),
+                       "ari@fine": _agg([0.1, 0.1, 0.1])}
+                   for m, a in (("moco", 0.5), ("rcl", 0.6))},
+        # one level: @coarse repeats @fine and is drawn once; a method only this dataset has keeps its colour
+        "digits": {m: {"knn_top1@fine": _agg([a, a]), "knn_top1@coarse": _agg([a, a])}
+                   for m, a in (("moco", 0.8), ("proto", 0.82), ("rcl", 0.85))},
+    }
+    fig = figures.quality_comparison(results)
+    by_panel = {}
+    for t in fig.data:
+        by_panel.setdefault(t.xaxis, []).append(t)
+    assert sorted(by_panel) == ["x", "x2"]
+    shapes, digits = by_panel["x"], by_panel["x2"]
+    for t in shapes:
+        run = results["shapes"][t.meta["run"]]
+        for x, y, sd in zip(t.x, t.y, t.error_y.array):
+            assert y == pytest.approx(run[x]["mean"]) and sd == pytest.approx(run[x]["std"])
+        assert list(t.x) == ["knn_top1@fine", "knn_top1@coarse", "nmi@coarse", "faithfulness"]  # ari: not asked
+    assert {tuple(t.x) for t in digits} == {("knn_top1@fine",)}
+    colour = {}
+    for t in fig.data:
+        assert colour.setdefault(t.meta["run"], t.marker.color) == t.marker.color
+    assert sum(bool(t.showlegend) for t in fig.data) == 3  # one legend entry per method
+    assert "seeds: 3" in fig.layout.annotations[0].text and "seeds: 2" in fig.layout.annotations[1].text
+    only = figures.quality_comparison(results, datasets=["digits"], metrics=["knn_top1@fine", "faithfulness"])
+    assert {t.meta["run"] for t in only.data} == {"moco", "proto", "rcl"}
+
+
+def test_quality_comparison_refuses_what_is_not_quality_json():
+    with pytest.raises(ValueError, match="results must be"):
+        figures.quality_comparison({"shapes": [1, 2]})
+    with pytest.raises(ValueError, match="not in the results"):
+        figures.quality_comparison({"shapes": {}}, datasets=["mnist5k"])
+    with pytest.raises(ValueError, match="metrics must be a list"):
+        figures.quality_comparison({"shapes": {}}, metrics="knn_top1@fine")
+    assert "no quality results" in figures.quality_comparison({}).layout.annotations[0].text
+
+
+def test_speed_growth_draws_each_measured_cost_on_log_axes():
+    rows_n = [{"n": n, "h": 4, "d": 128, "infonce_ms": n / 10, "rcl_ms": n / 11, "infonce_peak_bytes": n * 2 ** 10,
+               "rcl_peak_bytes": n * 2 ** 9, "pml_sum_ms": n / 2, "pml_sum_peak_bytes": n * 2 ** 11}
+              for n in (256, 1024, 4096)]
+    rows_h = [{"n": 4096, "h": h, "d": 128, "infonce_ms": 400.0, "rcl_ms": 350.0 + 10 * h,
+               "infonce_peak_bytes": 2 ** 27, "rcl_peak_bytes": 2 ** 26} for h in (1, 2, 4)]
+    fig = figures.speed_growth({"n": rows_n, "h": rows_h})
+    assert fig.layout.xaxis.type == fig.layout.yaxis.type == "log"
+    traces = {(t.xaxis, t.legendgroup): t for t in fig.data}
+    assert list(traces[("x", "rcl")].y) == [r["rcl_ms"] for r in rows_n]
+    assert list(traces[("x2", "pml_sum")].y) == [r["pml_sum_peak_bytes"] / 2 ** 20 for r in rows_n]
+    assert list(traces[("x3", "rcl")].x) == [1, 2, 4]
+    assert list(traces[("x3", "rcl")].customdata) == pytest.approx([r["rcl_ms"] / 400.0 for r in rows_h])
+    assert ("x3", "pml_sum") not in traces  # not measured in the H sweep: no line
+    assert "N = 4096" in fig.layout.annotations[2].text
+    with pytest.raises(ValueError, match="sweeps must be"):
+        figures.speed_growth({})
