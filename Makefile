@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lab venv clean
+.PHONY: demo test lab venv clean quality quality-quick speed speed-quick
 
 venv: $(STAMP)
 
@@ -25,6 +25,24 @@ test: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/rcl lab
+
+# Benchmarks (benchmarks/README.md): the benchmark extra on top of the test environment, then the script.
+BENCH := $(VENV)/.bench-installed
+$(BENCH): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	touch $(BENCH)
+
+quality: $(BENCH)
+	$(BIN)/python benchmarks/quality.py
+
+quality-quick: $(BENCH)
+	$(BIN)/python benchmarks/quality.py --quick
+
+speed: $(BENCH)
+	$(BIN)/python benchmarks/speed.py
+
+speed-quick: $(BENCH)
+	$(BIN)/python benchmarks/speed.py --quick
 
 clean:
 	rm -rf $(VENV) runs

@@ -101,9 +101,14 @@ def main():
     rounds = 5 if args.quick else args.rounds
     if rounds < 2 or any(n < 32 or n % 16 for n in args.sizes):
         raise SystemExit("--rounds must be >= 2 and --sizes multiples of 16, >= 32")
+    print(json.dumps(run(args.sizes, rounds)))
+
+
+def run(sizes, rounds: int) -> dict:
+    """Measure every size (a toy 2-D batch and a D = 128 batch each), print the table, return the summary."""
     rows = []
     print(f"{'batch':<28}{'n':>6}{'figs':>6}{'panel ms (p25-p75)':>24}{'naive ms':>10}{'ratio':>8}")
-    for n in args.sizes:
+    for n in sizes:
         for name, batch in ((f"toy 2-D ({n})", toy_batch(n)), (f"features D=128 ({n})", feature_batch(n))):
             r = measure(name, batch, rounds)
             rows.append(r)
@@ -111,14 +116,13 @@ def main():
                   f"{r['panel_ms_median']:>10.1f} ({r['panel_ms_p25']:.0f}-{r['panel_ms_p75']:.0f})".ljust(64)
                   + f"{r['naive_ms_median']:>10.1f}{r['ratio_vs_naive']:>8.2f}")
     summary = {"rounds": rounds, "target_ms": TARGET_MS, "rows": rows, "torch_threads": torch.get_num_threads()}
-    for n in args.sizes:
+    for n in sizes:
         worst = max(r["panel_ms_median"] for r in rows if r["n"] == n)
         summary[f"slider_latency_ms_{n}"] = worst
         summary[f"slider_ratio_vs_naive_{n}"] = max(r["ratio_vs_naive"] for r in rows if r["n"] == n)
-    if 256 in args.sizes:
+    if 256 in sizes:
         summary["target_met_256"] = summary["slider_latency_ms_256"] <= TARGET_MS
-    print(json.dumps(summary))
-
+    return summary
 
 if __name__ == "__main__":
     main()
