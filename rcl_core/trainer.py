@@ -574,6 +574,10 @@ class Trainer:
         train, test = self._eval_features()
         results = evaluate_features(train, ds.train.levels, test, ds.test.levels, ds.level_names, cfg.knn_k,
                                     cfg.knn_temperature, cfg.seed)
+        # k-means criteria were fitted at the start of the last epoch, on features that training has moved
+        # since; refit them on the final key features (what a next epoch would use), so that they are judged
+        # on the features they label. Online clustering follows every step and needs nothing.
+        self.criteria.on_epoch_start(cfg.epochs, lambda: self._key_features(ds.train.images))
         names, crit_labels = self.criteria.predict(self._key_features(ds.test.images))
         criteria_nmi: dict[str, dict[str, float]] = {}
         criteria_ari: dict[str, dict[str, float]] = {}

@@ -283,3 +283,19 @@ def test_proto_is_instance_during_warmup_then_supcon_on_the_pseudo_labels_alone(
 def test_proto_takes_exactly_one_clustering(tmp_path, criteria):
     with pytest.raises(ValueError, match="method 'proto' takes the instance criterion and one clustering"):
         small_config(tmp_path, method="proto", criteria=criteria).validate()
+
+
+def test_kmeans_criteria_are_refit_on_the_final_features_before_they_are_evaluated(tmp_path):
+    from sklearn.cluster import KMeans
+
+    ds = tiny_dataset()
+    trainer = Trainer(small_config(tmp_path, method="proto", criteria=["instance", "kmeans-4"], epochs=2), dataset=ds)
+    summary = trainer.fit()
+    keys = torch.nn.functional.normalize(trainer._key_features(ds.train.images), dim=1).numpy()
+    want = KMeans(4, n_init=1, random_state=0 * 1000 + 2).fit(keys)  # seed 0, epoch = epochs
+    torch.testing.assert_close(trainer.criteria.learned[0].centroids, torch.as_tensor(want.cluster_centers_,
+                                                                                     dtype=torch.float32))
+    test_keys = torch.nn.functional.normalize(trainer._key_features(ds.test.images), dim=1)
+    npz = np.load(tmp_path / "run" / "eval.npz")
+    np.testing.assert_array_equal(npz["criteria_test_labels"][0], want.predict(test_keys.numpy()))
+    assert summary["criteria"] == ["instance", "kmeans-4"]
