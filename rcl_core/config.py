@@ -136,6 +136,7 @@ class TrainConfig:
                                  f"got {len(self.weights)}")
             if any((not w >= 0) for w in self.weights) or sum(self.weights) <= 0:
                 raise ValueError(f"weights must be >= 0 with a positive sum, got {self.weights}")
+            check_phase_weights(self.method, self.weights)
         if self.form == "sigmoid":
             if self.thresholds is None or (names is not None and len(self.thresholds) != len(names)):
                 raise ValueError(f"thresholds must give one value per criterion ({len(names or crit)}: "
@@ -192,6 +193,20 @@ class TrainConfig:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"cannot read config {path}: {e}") from e
         return cls.from_dict(data)
+
+
+def check_phase_weights(method: str, weights) -> None:
+    """Weights that leave some phase of training without a loss are refused: the instance criterion (the
+    only one during the cluster warm-up, and always on) needs a weight > 0, and so does ``proto``'s
+    clustering (the only criterion after the warm-up)."""
+    if weights is None:
+        return
+    if not weights[0] > 0:
+        raise ValueError(f"weights: the instance criterion's weight must be > 0 (it is the only criterion during "
+                         f"the cluster warm-up), got {list(weights)}")
+    if method == "proto" and len(weights) > 1 and not weights[1] > 0:
+        raise ValueError(f"weights: method 'proto' trains on its clustering alone after the warm-up, so its weight "
+                         f"must be > 0, got {list(weights)}")
 
 
 def _is_instance(value, hint) -> bool:

@@ -1,8 +1,9 @@
 """Run a set of training configs one after another, each in its own run directory, resumably.
 
 A sweep is a mapping of run names to :class:`TrainConfig`. A run whose directory already holds a
-completed ``summary.json`` for the same config is read, not retrained; an interrupted run resumes from
-its checkpoint; anything else is trained. So re-running a notebook cell or a benchmark after Ctrl-C
+completed ``summary.json`` for the same config is read, not retrained (a summary written by an older
+evaluation is re-evaluated from the run's final checkpoint); an interrupted run resumes from its
+checkpoint; anything else is trained. So re-running a notebook cell or a benchmark after Ctrl-C
 continues where it stopped and never trains a finished run twice.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rcl_core.config import TrainConfig
-from rcl_core.trainer import train
+from rcl_core.trainer import EVALUATION_VERSION, RUNTIME_FIELDS, train
 
 __all__ = ["variants", "run_sweep", "completed_summary"]
 
@@ -45,7 +46,9 @@ def variants(base: TrainConfig, root: str | Path, changes: Mapping[str, Mapping[
 
 
 def completed_summary(config: TrainConfig) -> dict[str, Any] | None:
-    """The run's summary when its directory holds a completed run of this very config, else None."""
+    """The run's summary when its directory holds a completed run of this very config, evaluated by the
+    current evaluation code (``EVALUATION_VERSION``), else None: :func:`run_sweep` then resumes the run,
+    which for a finished run with its final checkpoint means evaluating it again."""
     run = Path(config.run_dir)
     try:
         saved = json.loads((run / "config.json").read_text())
@@ -54,10 +57,10 @@ def completed_summary(config: TrainConfig) -> dict[str, Any] | None:
         return None
     if not isinstance(saved, dict) or not isinstance(summary, dict):
         return None
-    ignore = ("progress", "device", "run_dir")
-    same = {k: v for k, v in saved.items() if k not in ignore} == {
-        k: v for k, v in config.to_dict().items() if k not in ignore}
-    return summary if same and summary.get("status") == "completed" else None
+    same = {k: v for k, v in saved.items() if k not in RUNTIME_FIELDS} == {
+        k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
+    current = summary.get("evaluation_version") == EVALUATION_VERSION
+    return summary if same and current and summary.get("status") == "completed" else None
 
 
 def run_sweep(configs: Mapping[str, TrainConfig], dataset=None,

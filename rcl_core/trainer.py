@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from rcl_core.augment import augment, preset
-from rcl_core.config import TrainConfig
+from rcl_core.config import TrainConfig, check_phase_weights
 from rcl_core.criteria import CriteriaSet
 from rcl_core.evaluation import clustering_agreement, evaluate_features, extract_features, knn_top1
 from rcl_core.loss import MIN_TEMPERATURE, RelativeContrastiveLoss, validate_thresholds, validate_weights
@@ -37,6 +37,11 @@ from rcl_core.runs import atomic_write, atomic_write_json, atomic_write_text, re
 
 CHECKPOINT = "checkpoint.pt"
 EXPLAIN_ANCHORS = 256  # anchors of the training batch used to log the excess W * KL(P_s || P_f)
+#: What ``evaluate`` computes; a summary of another version is re-evaluated from the run's final checkpoint
+#: by :func:`rcl_core.sweep.run_sweep` instead of being read back (2: faithfulness, k-means criteria refit).
+EVALUATION_VERSION = 2
+#: Config fields that do not change what a run computes: a resume or a read-back ignores them.
+RUNTIME_FIELDS = ("run_dir", "device", "progress", "data_dir")
 #: The named phases of :meth:`Trainer.train_step`, in order (``torch.profiler`` record_function scopes).
 STEP_PHASES = ("augment", "encoders", "criteria", "loss", "backward", "optimizer", "momentum", "excess")
 
@@ -270,10 +275,8 @@ class Trainer:
                     raise ValueError(f"temperature must be a finite number >= {MIN_TEMPERATURE}, got {temperature!r}")
                 new["temperature"] = float(temperature)
             if new["weights"] is not None:
-                on = [w for n, w in zip(names, new["weights"]) if n in new["enabled"]]
-                if sum(on) <= 0:
-                    raise ValueError(f"weights of the enabled criteria {new['enabled']} must have a positive sum, "
-                                     f"got {on}")
+                # The instance criterion is always on: with its weight > 0 every phase has a loss.
+                check_phase_weights(self.config.method, new["weights"])
             self._pending = {k: v for k, v in new.items() if v != self.controls[k]}
             return new
 
@@ -320,7 +323,7 @@ class Trainer:
         except Exception as e:  # truncated, empty, not a checkpoint at all
             raise ValueError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); delete it, or start over "
                              f"with --overwrite") from e
-        for key in ("epochs", "stop_at_step", "run_dir", "device", "progress", "eval_every", "checkpoint_every"):
+        for key in ("epochs", "stop_at_step", "eval_every", "checkpoint_every") + RUNTIME_FIELDS:
             saved.pop(key, None)
         now = {k: v for k, v in self.config.to_dict().items() if k in saved}
         changed = sorted(k for k in saved if saved[k] != now[k])
@@ -597,7 +600,7 @@ class Trainer:
                 learned_nmi[level], learned_ari[level] = criteria_nmi[best][level], criteria_ari[best][level]
                 source[level] = best
         summary = {
-            "status": "completed", "method": cfg.method, "dataset": ds.name, "epochs": cfg.epochs,
+            "status": "completed", "evaluation_version": EVALUATION_VERSION, "method": cfg.method, "dataset": ds.name, "epochs": cfg.epochs,
             "steps": self.step, "batch_size": self.batch_size, "criteria": self.criteria.names,
             "knn_top1": results["knn_top1"], "linear_top1": results["linear_top1"],
             "knn_top1_per_level": results["knn_top1_per_level"], "faithfulness": results["faithfulness"],

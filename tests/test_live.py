@@ -76,7 +76,8 @@ def test_a_temperature_change_reaches_the_loss(tmp_path):
     (dict(enabled=["instance", "proto-99"]), "unknown criteria"),
     (dict(weights=[1.0, 2.0]), "one value per criterion"),
     (dict(weights=[1.0, -1.0, 1.0]), "weights must be finite, >= 0"),
-    (dict(enabled=["instance"], weights=[0.0, 1.0, 1.0]), "positive sum"),
+    (dict(enabled=["instance"], weights=[0.0, 1.0, 1.0]), "instance criterion's weight must be > 0"),
+    (dict(weights=[0.0, 1.0, 1.0]), "instance criterion's weight must be > 0"),
     (dict(thresholds=[0.5, 0.4, 0.3]), "sigmoid.? only"),
     (dict(temperature=0.0), "temperature must be"),
     (dict(temperature=float("nan")), "temperature must be"),
@@ -87,6 +88,17 @@ def test_invalid_controls_are_refused_and_change_nothing(tmp_path, changes, matc
     with pytest.raises(ValueError, match=match):
         t.set_controls(**changes)
     assert t.next_controls() == before
+
+
+def test_proto_refuses_weights_that_leave_a_phase_without_loss(tmp_path):
+    cfg = small_config(tmp_path, method="proto", criteria=["instance", "kmeans-4"])
+    for weights in ([1.0, 0.0], [0.0, 1.0]):
+        with pytest.raises(ValueError, match="weight must be > 0"):
+            small_config(tmp_path, method="proto", criteria=["instance", "kmeans-4"], weights=weights).validate()
+        t = Trainer(cfg, dataset=tiny_dataset())
+        with pytest.raises(ValueError, match="weight must be > 0"):
+            t.set_controls(weights=weights)
+        assert t.next_controls()["weights"] is None
 
 
 def test_sigmoid_thresholds_must_stay_decreasing(tmp_path):
@@ -219,11 +231,10 @@ def test_live_widget_controls_reach_the_trainer(tmp_path):
     ctl = live.controls
     assert ctl["weights"] == [1.0, 0.5, 1.0] and ctl["enabled"] == ["instance", "proto-8"]
     assert ctl["temperature"] == pytest.approx(0.3)
-    view.controls["weight:instance"].value = 0.0
-    view.controls["weight:proto-8"].value = 0.0  # all enabled weights 0: refused, shown, not applied
-    assert "positive sum" in view.message.value
-    assert live.controls["weights"] == [0.0, 0.5, 1.0]
-    assert view.controls["weight:proto-8"].value == 0.5  # the widget went back to what training uses
+    view.controls["weight:instance"].value = 0.0  # no loss during the warm-up: refused, shown, not applied
+    assert "instance criterion&#x27;s weight must be &gt; 0" in view.message.value  # HTML-escaped
+    assert live.controls["weights"] == [1.0, 0.5, 1.0]
+    assert view.controls["weight:instance"].value == 1.0  # the widget went back to what training uses
 
 
 def test_the_panel_follows_changes_made_in_code_and_never_clips_them(tmp_path):

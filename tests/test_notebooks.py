@@ -34,6 +34,7 @@ def test_notebook_runs_headless_with_widgets_and_plots(path, tmp_path):
     (tmp_path / "notebooks").mkdir()
     (ROOT / "data").mkdir(exist_ok=True)
     (tmp_path / "data").symlink_to(ROOT / "data", target_is_directory=True)
+    (tmp_path / "benchmarks").symlink_to(ROOT / "benchmarks", target_is_directory=True)  # 03 plots results
     book = nbformat.read(path, as_version=4)
     client = NotebookClient(book, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path / "notebooks")}})
@@ -47,4 +48,8 @@ def test_notebook_runs_headless_with_widgets_and_plots(path, tmp_path):
     assert PLOTLY in mimes, f"{path.name} showed no plotly figure"
     assert WIDGET in mimes, f"{path.name} showed no widget"
     assert not (tmp_path / "notebooks" / "runs").exists(), "runs must go to ../runs, beside notebooks/"
+    if path.stem.startswith("03") and (ROOT / "benchmarks" / "results" / "quality.json").is_file():
+        titles = [str(o["data"][PLOTLY].get("layout", {}).get("title", {}).get("text", ""))
+                  for o in outputs if PLOTLY in o.get("data", {})]
+        assert any(t.startswith("Quality benchmark (quality.json)") for t in titles), titles
     print(f"{path.name}: {seconds:.0f} s")  # the budget (3 min on 2 cores) is measured, not asserted

@@ -70,3 +70,32 @@ def test_mistakes_are_found_before_the_first_run_trains(tmp_path):
     with pytest.raises(ValueError, match="sweep run 'b'.*nope"):
         run_sweep(configs)
     assert not (tmp_path / "s" / "a").exists()  # run "a" did not train first
+
+
+def test_a_summary_of_an_older_evaluation_is_evaluated_again_not_retrained(tmp_path):
+    from rcl_core.trainer import EVALUATION_VERSION
+
+    ds = tiny_dataset()
+    configs = variants(small_config(tmp_path, dataset="tiny", epochs=2), tmp_path / "s", {"a": {}})
+    first = run_sweep(configs, dataset=ds)["a"]
+    assert first["evaluation_version"] == EVALUATION_VERSION
+    run = tmp_path / "s" / "a"
+    metrics = (run / "metrics.jsonl").read_text()
+    old = {k: v for k, v in first.items() if k not in ("faithfulness", "evaluation_version")}
+    (run / "summary.json").write_text(json.dumps(old))  # as an older version wrote it
+    assert completed_summary(configs["a"]) is None
+    seen = []
+    again = run_sweep(configs, dataset=ds, on_run=lambda n, s, cached: seen.append(cached))["a"]
+    assert seen == [False] and again["steps"] == first["steps"]
+    assert (run / "metrics.jsonl").read_text().startswith(metrics)  # no step trained again
+    for key in ("knn_top1", "linear_top1", "faithfulness", "learned_nmi", "evaluation_version"):
+        assert again[key] == first[key], key
+
+
+def test_where_the_data_lives_is_not_part_of_a_runs_identity(tmp_path):
+    ds = tiny_dataset()
+    configs = variants(small_config(tmp_path, dataset="tiny", epochs=1), tmp_path / "s", {"a": {}})
+    run_sweep(configs, dataset=ds)
+    moved = variants(small_config(tmp_path, dataset="tiny", epochs=1, data_dir=str(tmp_path / "elsewhere")),
+                     tmp_path / "s", {"a": {}})
+    assert completed_summary(moved["a"]) is not None
