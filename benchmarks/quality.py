@@ -37,6 +37,7 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -209,6 +210,20 @@ def markdown(results: dict) -> str:
     return "\n".join(out)
 
 
+def check_paths(root: Path, out_path: Path) -> None:
+    """Refuse, before anything trains, a --root that is not a folder and an --out that cannot be written."""
+    if root.exists() and not root.is_dir():
+        raise SystemExit(f"quality.py: --root {root} is a file, not a folder of runs")
+    if out_path.is_dir():
+        raise SystemExit(f"quality.py: --out {out_path} is a folder; give a file name (e.g. {out_path / 'quality.json'})")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_path.parent, prefix=".quality-", delete=True):
+            pass
+    except OSError as e:
+        raise SystemExit(f"quality.py: --out {out_path} cannot be written ({e.strerror or e})")
+
+
 def _names(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in allowed]
@@ -243,6 +258,7 @@ def main(argv=None) -> dict:
         configs = grid(datasets, methods, seeds, args.quick, root, args.data_dir, args.epochs)
     except ValueError as e:
         raise SystemExit(f"quality.py: {e}")
+    check_paths(root, out_path)
 
     from rcl_core.sweep import run_sweep
 
@@ -259,7 +275,17 @@ def main(argv=None) -> dict:
               f"{values['linear_top1']:.3f}  NMI coarse {values['nmi@coarse']:.3f}  faithfulness "
               f"{values['faithfulness']:.3f}", flush=True)
 
-    summaries = run_sweep({name: configs[key] for name, key in names.items()}, on_run=report)
+    try:
+        summaries = run_sweep({name: configs[key] for name, key in names.items()}, on_run=report)
+    except KeyboardInterrupt as e:
+        print(f"quality.py: {e or 'interrupted'}; finished runs are kept", file=sys.stderr)
+        raise SystemExit(130)
+    except (ValueError, OSError) as e:
+        hint = ""
+        if "differs" in str(e) or "without checkpoint" in str(e):
+            hint = (f"\n  a folder under {root} holds a run of another setting (e.g. other --epochs): "
+                    "use another --root, or delete that run's folder to train it again")
+        raise SystemExit(f"quality.py: {e}{hint}")
     results = aggregate({names[n]: metric_values(s) for n, s in summaries.items()})
     print(table(results))
     print("\n" + markdown(results))

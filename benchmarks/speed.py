@@ -41,7 +41,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # before torch: no profiler start/stop chatter on stderr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
@@ -134,7 +133,7 @@ def measure_loss(n: int, d: int, h: int, device, rounds: int, pml=None, pml_roun
 def loss_sweeps(device, quick: bool, rounds: int, pml, max_n: int = 8192) -> dict[str, list[dict]]:
     """The N, H and D sweeps; the H and D sweeps (and the headline) run at N = min(4096, max_n)."""
     ns = tuple(n for n in (256, 512, 1024, 2048, 4096, 8192) if n <= max_n and not (quick and n > 4096))
-    head_n = min(HEADLINE_N, max_n)
+    head_n = max(n for n in ns if n <= HEADLINE_N)
     hs = (1, 2, 3, 4, 5, 6)
     ds = (32, 128, 512)
     out = {"n": [], "h": [], "d": []}
@@ -292,7 +291,7 @@ def main(argv=None) -> dict:
                                                 "speed-quick.json with --quick)")
     p.add_argument("--figure", default=None, help="growth figure path (default beside the JSON, .png)")
     args = p.parse_args(argv)
-    rounds = args.rounds or (2 if args.quick else 5)
+    rounds = args.rounds if args.rounds is not None else (2 if args.quick else 5)
     if rounds < 1:
         raise SystemExit(f"--rounds must be >= 1, got {rounds}")
     if args.max_n < 256:
@@ -317,7 +316,7 @@ def main(argv=None) -> dict:
 
     if "loss" not in skip:
         sweeps = loss_sweeps(device, args.quick, rounds, pml, args.max_n)
-        head = next(r for r in sweeps["n"] if r["n"] == min(HEADLINE_N, args.max_n))
+        head = next(r for r in sweeps["n"] if r["n"] == sweeps["h"][0]["n"])  # the N of the H and D sweeps
         result["headline"] = {"n": head["n"], "h": head["h"], "d": head["d"]}
         result["loss_time_ratio_h4_vs_infonce"] = head["rcl_time_ratio"]
         result["loss_memory_ratio_h4_vs_infonce"] = head["rcl_memory_ratio"]
@@ -361,14 +360,20 @@ def main(argv=None) -> dict:
         result["profile"] = profile_step(args.device)
 
     verdicts = {}
+    off_size = result.get("headline", {"n": HEADLINE_N})["n"] != HEADLINE_N
     for key, target in TARGETS.items():
+        if key.startswith(("loss_", "speedup_")) and off_size:
+            continue  # the loss targets are set at N = 4096: not judged at another size
         if result.get(key) is not None:
             verdicts[key] = result[key] >= target if key in AT_LEAST else result[key] <= target
     result["targets"] = {k: {"value": result[k], "target": TARGETS[k], "at_least" if k in AT_LEAST else "at_most": True,
                              "met": v} for k, v in verdicts.items()}
     result["wall_seconds"] = time.perf_counter() - start
-    print("\ntargets: " + ", ".join(f"{k} {result[k]:.3f} ({'>=' if k in AT_LEAST else '<='} {TARGETS[k]}: "
-                                   f"{'met' if v else 'MISSED'})" for k, v in verdicts.items()))
+    if off_size:
+        print(f"\n(the loss targets are set at N = {HEADLINE_N}; this run measured N = {result['headline']['n']}, "
+              "so they are not judged)")
+    print("\ntargets: " + (", ".join(f"{k} {result[k]:.3f} ({'>=' if k in AT_LEAST else '<='} {TARGETS[k]}: "
+                                    f"{'met' if v else 'MISSED'})" for k, v in verdicts.items()) or "none judged"))
     print(f"{result['wall_seconds']:.0f} s; JSON -> {json_path}")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(result)

@@ -1258,6 +1258,13 @@ _METRIC_LABELS = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1", "faith
 _LEVEL_METRICS = {"knn_top1_per_level": "kNN", "nmi": "NMI", "learned_nmi": "learned NMI"}
 
 
+def _number(value) -> float | None:
+    """A real number (not a bool, not a string) as float, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    return float(value)
+
+
 def _metric_value(where: str, value) -> tuple[float | None, float | None, int | None]:
     """(mean, std, n) of a summary value: a number, or a benchmark aggregate {"mean", "std", "n"}."""
     if value is None:
@@ -1265,14 +1272,17 @@ def _metric_value(where: str, value) -> tuple[float | None, float | None, int | 
     if isinstance(value, Mapping):
         if "mean" not in value:
             raise ValueError(f"{where} must be a number or {{'mean', 'std', 'n'}}, got keys {sorted(value)}")
-        mean, std = _float(value.get("mean")), _float(value.get("std"))
+        mean, std, n = _number(value.get("mean")), _number(value.get("std")), value.get("n")
         if mean is None and value.get("mean") is not None:
             raise ValueError(f"{where}['mean'] must be a number, got {value.get('mean')!r}")
-        n = value.get("n")
-        return mean, std, int(n) if _float(n) is not None else None
-    if isinstance(value, bool) or _float(value) is None:
+        if value.get("std") is not None and (std is None or std < 0):
+            raise ValueError(f"{where}['std'] must be a number >= 0, got {value.get('std')!r}")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+            raise ValueError(f"{where}['n'] must be a positive integer (the number of seeds), got {n!r}")
+        return mean, std, None if n is None else int(n)
+    if _number(value) is None:
         raise ValueError(f"{where} must be a number or {{'mean', 'std', 'n'}}, got {value!r}")
-    return _float(value), None, None
+    return _number(value), None, None
 
 
 def _comparison_metrics(summaries) -> list[tuple[str, str, str | None]]:
@@ -1478,12 +1488,20 @@ def quality_comparison(results: Mapping[str, Mapping[str, Mapping[str, Any]]], d
     -------
     go.Figure
         The bars of :func:`run_comparison` for each dataset (error bars = std over seeds, hover says n),
-        stacked in rows; a method keeps its colour and one legend entry across the panels.
+        stacked in rows; a method keeps its colour and one legend entry across the panels. A value that is
+        not finite is not drawn and a note under its panel says so; a panel with nothing to draw says that.
     """
     if not isinstance(results, Mapping) or not all(isinstance(v, Mapping) for v in results.values()):
         raise ValueError("results must be {dataset: {method: {metric: aggregate}}} (benchmarks/quality.py's JSON)")
-    if isinstance(metrics, str):
-        raise ValueError(f"metrics must be a list of metric names, got the string {metrics!r}")
+    for d, runs in results.items():
+        for m, r in runs.items():
+            if not isinstance(d, str) or not isinstance(m, str) or not isinstance(r, Mapping):
+                raise ValueError(f"results[{d!r}][{m!r}] must be a dict of metrics under string dataset and method "
+                                 f"names, got {type(r).__name__}")
+    if isinstance(metrics, str) or not isinstance(metrics, Sequence) or not all(isinstance(m, str) for m in metrics):
+        raise ValueError(f"metrics must be a list of metric names, got {metrics!r}")
+    if datasets is not None and (isinstance(datasets, str) or not isinstance(datasets, Sequence)):
+        raise ValueError(f"datasets must be a list of dataset names, got {datasets!r}")
     datasets = list(results) if datasets is None else list(datasets)
     unknown = [d for d in datasets if d not in results]
     if unknown:
@@ -1497,27 +1515,35 @@ def quality_comparison(results: Mapping[str, Mapping[str, Mapping[str, Any]]], d
     colours = run_colors(methods)
 
     def seeds(runs):
-        ns = {v.get("n") for r in runs.values() for v in (r or {}).values() if isinstance(v, Mapping)}
+        ns = {v.get("n") for r in runs.values() for v in r.values() if isinstance(v, Mapping)}
         return "/".join(str(n) for n in sorted(n for n in ns if isinstance(n, int))) or "?"
 
     fig = make_subplots(rows=len(datasets), cols=1, vertical_spacing=0.3 / len(datasets),
-                        subplot_titles=[f"{html.escape(str(d))} (seeds: {seeds(results[d])})" for d in datasets])
+                        subplot_titles=[f"{html.escape(d)} (seeds: {seeds(results[d])})" for d in datasets])
     shown = set()
     for row, d in enumerate(datasets, start=1):
         runs = results[d]
-        here = [m for m in metrics if any(m in (r or {}) for r in runs.values())]
+        here = [m for m in metrics if any(m in r for r in runs.values())]
         here = [m for m in here if not (
             m.endswith("@coarse") and m.replace("@coarse", "@fine") in here
             and all(_aggregate_values(r, m) == _aggregate_values(r, m.replace("@coarse", "@fine"))
                     for r in runs.values()))]
         panel = run_comparison(runs, here) if here else go.Figure()
+        top = 1.0
         for trace in panel.data:
             name = trace.meta["run"]
             trace.marker.color = colours[name]
             trace.showlegend = bool(trace.showlegend) and name not in shown
             shown.add(name)
+            errors = trace.error_y.array if trace.error_y.array is not None else [0.0] * len(trace.y)
+            top = max([top] + [y + (e or 0.0) for y, e in zip(trace.y, errors)])
             fig.add_trace(trace, row=row, col=1)
-        fig.update_yaxes(title_text="score", range=[0, 1.08], row=row, col=1)
+        notes = [a.text for a in panel.layout.annotations] or ([] if panel.data else [
+            f"nothing to draw: no method has {', '.join(metrics) or 'any of the metrics asked for'}"])
+        for text in notes:
+            fig.add_annotation(text=text, x=0, y=-0.22 if panel.data else 0.5, xref="x domain", yref="y domain",
+                               xanchor="left", showarrow=False, font=dict(size=11, color="#777"), row=row, col=1)
+        fig.update_yaxes(title_text="score", range=[0, top * 1.08], row=row, col=1)
         fig.update_xaxes(categoryorder="array", categoryarray=panel.layout.xaxis.categoryarray or here, row=row, col=1)
     fig.update_layout(title=dict(text=title, x=0.01), template=_template(), font=_FONT, barmode="group",
                       bargap=0.18, height=120 + 330 * len(datasets), margin=dict(l=60, r=20, t=90, b=50),
@@ -1531,15 +1557,16 @@ _SPEED_NAMES = {"infonce": "InfoNCE (F.cross_entropy)", "rcl": "RCL (rcl_core)",
 
 def speed_growth(sweeps: Mapping[str, Sequence[Mapping[str, Any]]],
                  title: str = "Loss forward + backward: how time and peak memory grow") -> go.Figure:
-    """Log-log growth of the loss's cost: time and peak memory against N (at H = 4) and against H (at the
-    largest N of the H sweep), one line per implementation.
+    """Log-log growth of the loss's cost: time and peak memory against N (at H = 4) and against H (at one
+    N), one line per implementation.
 
     Parameters
     ----------
     sweeps : dict
         ``benchmarks/speed.py``'s ``loss_sweeps``: ``{"n": rows, "h": rows}``, each row a dict with ``n``,
         ``h``, ``d`` and, per implementation (``infonce``, ``rcl``, ``pml_sum``), ``<name>_ms`` and
-        ``<name>_peak_bytes``.
+        ``<name>_peak_bytes`` (positive numbers; an implementation a row lacks has no point there).
+        The rows of the H sweep share one N.
 
     Returns
     -------
@@ -1548,27 +1575,52 @@ def speed_growth(sweeps: Mapping[str, Sequence[Mapping[str, Any]]],
     """
     if not isinstance(sweeps, Mapping) or not any(sweeps.get(k) for k in ("n", "h")):
         raise ValueError("sweeps must be {'n': rows, 'h': rows} as benchmarks/speed.py writes them")
-    at_n = sorted({row["n"] for row in sweeps.get("h") or []})
-    at = f" (N = {', '.join(map(str, at_n))})" if at_n else ""
-    fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.1, vertical_spacing=0.16,
-                        subplot_titles=["time against N (H = 4)", "peak memory against N (H = 4)",
-                                        f"time against H{at}", f"peak memory against H{at}"])
+    checked = {}
+    for axis in ("n", "h"):
+        rows = sweeps.get(axis) or []
+        if isinstance(rows, (str, Mapping)) or not isinstance(rows, Sequence):
+            raise ValueError(f"sweeps[{axis!r}] must be a list of rows, got {type(rows).__name__}")
+        for i, row in enumerate(rows):
+            where = f"sweeps[{axis!r}][{i}]"
+            if not isinstance(row, Mapping):
+                raise ValueError(f"{where} must be a dict, got {type(row).__name__}")
+            for key in ("n", "h"):
+                v = _number(row.get(key))
+                if v is None or not v >= 1:
+                    raise ValueError(f"{where}[{key!r}] must be a number >= 1, got {row.get(key)!r}")
+            for name in _SPEED_NAMES:
+                for suffix in ("_ms", "_peak_bytes"):
+                    if name + suffix in row:
+                        v = _number(row[name + suffix])
+                        if v is None or not (0 < v < math.inf):
+                            raise ValueError(f"{where}[{name + suffix!r}] must be a positive finite number, got "
+                                             f"{row[name + suffix]!r}")
+        checked[axis] = sorted(rows, key=lambda row: row[axis])
+    at_n = sorted({row["n"] for row in checked["h"]})
+    if len(at_n) > 1:
+        raise ValueError(f"sweeps['h'] rows must share one N (they are one line per implementation), got N = {at_n}")
+    at_h = sorted({row["h"] for row in checked["n"]})
+    fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.1, vertical_spacing=0.16, subplot_titles=[
+        f"time against N (H = {', '.join(map(str, at_h))})", f"peak memory against N (H = {', '.join(map(str, at_h))})",
+        f"time against H (N = {', '.join(map(str, at_n))})", f"peak memory against H (N = {', '.join(map(str, at_n))})"])
     colours = run_colors(list(_SPEED_NAMES))
+    legend = set()
     for r, axis in enumerate(("n", "h"), start=1):
-        rows = sorted(sweeps.get(axis) or [], key=lambda row: row[axis])
+        rows = checked[axis]
         for c, (unit, suffix, scale) in enumerate((("ms", "_ms", 1.0), ("MiB", "_peak_bytes", 2.0 ** -20)), start=1):
             for name, label in _SPEED_NAMES.items():
                 pts = [(row[axis], row[name + suffix] * scale, row[name + suffix] / row["infonce" + suffix])
-                       for row in rows if row.get(name + suffix) and row.get("infonce" + suffix)]
+                       for row in rows if name + suffix in row and "infonce" + suffix in row]
                 if not pts:
                     continue
                 xs, ys, ratio = zip(*pts)
                 fig.add_trace(go.Scatter(
                     x=list(xs), y=list(ys), mode="lines+markers", name=label, legendgroup=name,
-                    showlegend=(r, c) == (1, 1), line=dict(color=colours[name], width=2), marker=dict(size=7),
+                    showlegend=name not in legend, line=dict(color=colours[name], width=2), marker=dict(size=7),
                     customdata=list(ratio),
                     hovertemplate=f"{label}<br>{axis.upper()} = %{{x}}<br>%{{y:.3g}} {unit}"
                                   "<br>%{customdata:.2f}x InfoNCE<extra></extra>"), row=r, col=c)
+                legend.add(name)
             fig.update_yaxes(type="log", title_text=unit, row=r, col=c)
             fig.update_xaxes(type="log", title_text="N (queries = keys)" if axis == "n" else "H (criteria)",
                              tickvals=[row[axis] for row in rows], row=r, col=c)

@@ -87,20 +87,33 @@ def hierarchy_faithfulness(features: torch.Tensor, levels: torch.Tensor, max_anc
     ``seed``). 1: similarity ranks every pair by its hierarchy; 0.5: no better than chance. With one level
     it is the ROC AUC of "same class" against cosine similarity, pooled over anchors.
 
-    ``features`` (N, F); ``levels`` (L, N) integer labels, fine -> coarse.
+    ``features`` (N, F), any scale; an all-zero row has cosine 0 with every sample (so all-zero features give
+    0.5). ``levels`` (L, N) integer labels, fine -> coarse, nested.
     """
-    x = F.normalize(torch.as_tensor(features).float(), dim=1)
+    raw = torch.as_tensor(features).detach().cpu()
     lv = np.asarray(levels)
-    if x.dim() != 2 or lv.ndim != 2 or lv.shape[1] != x.shape[0]:
-        raise ValueError(f"features must be (N, F) and levels (L, N) with the same N, got {tuple(x.shape)} and "
-                         f"{lv.shape}")
-    if not bool(torch.isfinite(x).all()):
+    if raw.dim() != 2 or lv.ndim != 2 or lv.shape[1] != raw.shape[0] or raw.shape[1] == 0:
+        raise ValueError(f"features must be (N, F) with F >= 1 and levels (L, N) with the same N, got "
+                         f"{tuple(raw.shape)} and {lv.shape}")
+    if lv.dtype.kind not in "iub":
+        raise ValueError(f"levels must hold integer class labels, got dtype {lv.dtype}")
+    for fine, coarse in zip(lv, lv[1:]):
+        if len(np.unique(np.stack([fine, coarse]), axis=1)[0]) != len(np.unique(fine)):
+            raise ValueError("levels must be nested, fine -> coarse: a class of one level belongs to one class of "
+                             "the next")
+    if isinstance(max_anchors, bool) or not isinstance(max_anchors, (int, np.integer)) or max_anchors < 1:
+        raise ValueError(f"max_anchors must be an integer >= 1, got {max_anchors!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    raw = raw.double()  # float64: cosine ignores scale, and huge features must not overflow the norm
+    if not bool(torch.isfinite(raw).all()):
         raise ValueError("features must be finite (got NaN or Inf)")
+    x = F.normalize(raw, dim=1)  # an all-zero row has cosine 0 with everything, as in knn_top1
     n = x.shape[0]
     anchors = np.arange(n)
     if n > max_anchors:
         anchors = np.sort(np.random.default_rng(seed).choice(n, max_anchors, replace=False))
-    sims = (x[torch.as_tensor(anchors)] @ x.T).numpy().astype(np.float64)
+    sims = (x[torch.as_tensor(anchors)] @ x.T).numpy()
     above = pairs = 0.0
     for row, a in enumerate(anchors):
         depth = shared_levels(lv[:, a:a + 1], lv)
@@ -117,7 +130,8 @@ def hierarchy_faithfulness(features: torch.Tensor, levels: torch.Tensor, max_anc
                     above += float(below.sum() + 0.5 * tied.sum())
                     pairs += float(upper.size * lower.size)
     if pairs == 0:
-        raise ValueError("hierarchy_faithfulness needs pairs at two different depths (at least two classes)")
+        raise ValueError("hierarchy_faithfulness needs pairs at two different depths: samples that share a "
+                         "class and samples that do not")
     return above / pairs
 
 

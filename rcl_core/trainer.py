@@ -460,6 +460,9 @@ class Trainer:
         keys = _batch_keys(k1, k2)
         loss_fn = RelativeContrastiveLoss(self.config.temperature, self.config.form, None, self.config.thresholds)
         labels, names = self._loss_inputs(indices, epoch, keys, controls=ctl, loss_fn=loss_fn)
+        if not names:
+            raise ValueError(f"only={only!r}: none of these criteria is on at epoch {epoch:.2f} (clustering "
+                             f"criteria join the loss after cluster_warmup_epochs={self.config.cluster_warmup_epochs})")
         return loss_fn.explain(q1.float(), k2.float(), labels, labels), names, labels
 
     def _check_indices(self, indices) -> torch.Tensor:

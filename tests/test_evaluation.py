@@ -71,6 +71,21 @@ def test_faithfulness_is_one_for_a_hierarchical_embedding_and_zero_for_an_invert
 
 def test_faithfulness_refuses_bad_input():
     levels = torch.zeros(1, 5, dtype=torch.long)
+    for bad, match in ((dict(max_anchors=0), "max_anchors"), (dict(seed=-1), "seed")):
+        with pytest.raises(ValueError, match=match):
+            hierarchy_faithfulness(torch.randn(5, 3), torch.tensor([[0, 0, 1, 1, 2]]), **bad)
+    with pytest.raises(ValueError, match="nested"):
+        hierarchy_faithfulness(torch.randn(4, 3), torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]))
+    # no direction at all: every pair ties, which counts one half (chance), as documented
+    assert hierarchy_faithfulness(torch.zeros(4, 3), torch.tensor([[0, 0, 1, 1]])) == 0.5
+    with pytest.raises(ValueError, match="integer class labels"):
+        hierarchy_faithfulness(torch.randn(4, 3), torch.tensor([[0.0, 0.0, 1.0, float("nan")]]))
+    with pytest.raises(ValueError, match="\\(N, F\\)"):
+        hierarchy_faithfulness(torch.randn(4), torch.tensor([[0, 0, 1, 1]]))
+    # scale-free, and a model output with gradients is fine
+    x = torch.randn(6, 3, requires_grad=True)
+    lab = torch.tensor([[0, 0, 1, 1, 2, 2]])
+    assert hierarchy_faithfulness(x * 1e30, lab) == pytest.approx(hierarchy_faithfulness(x, lab))
     with pytest.raises(ValueError, match="two different depths"):
         hierarchy_faithfulness(torch.randn(5, 3), levels)
     with pytest.raises(ValueError, match="same N"):

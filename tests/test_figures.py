@@ -498,3 +498,37 @@ def test_speed_growth_draws_each_measured_cost_on_log_axes():
     assert "N = 4096" in fig.layout.annotations[2].text
     with pytest.raises(ValueError, match="sweeps must be"):
         figures.speed_growth({})
+
+
+def test_quality_comparison_says_what_it_cannot_draw():
+    good = _agg([0.5, 0.6])
+    fig = figures.quality_comparison({"shapes": {"moco": {"knn_top1@fine": {**good, "mean": float("nan")},
+                                                          "faithfulness": good}}})
+    assert [list(t.x) for t in fig.data] == [["faithfulness"]]
+    assert any("not finite" in a.text and "knn_top1@fine" in a.text for a in fig.layout.annotations)
+    empty = figures.quality_comparison({"shapes": {"moco": {"faithfulness": good}}}, metrics=["linear_top1"])
+    assert any("nothing to draw" in a.text for a in empty.layout.annotations)
+    tall = figures.quality_comparison({"shapes": {"moco": {"faithfulness": _agg([4.0, 6.0])}}})
+    assert tall.layout.yaxis.range[1] > 5.0 + tall.data[0].error_y.array[0]  # not cut at 1
+    for bad, match in (({"shapes": {"moco": {"faithfulness": {**good, "std": -1}}}}, "std'\\] must be a number >= 0"),
+                       ({"shapes": {"moco": {"faithfulness": {**good, "n": 2.5}}}}, "positive integer"),
+                       ({"shapes": {"moco": {"faithfulness": {**good, "mean": "0.9"}}}}, "mean'\\] must be a number"),
+                       ({"shapes": {"moco": "fast"}}, "results\\['shapes'\\]\\['moco'\\] must be a dict")):
+        with pytest.raises(ValueError, match=match):
+            figures.quality_comparison(bad)
+    with pytest.raises(ValueError, match="datasets must be a list"):
+        figures.quality_comparison({"shapes": {}}, datasets="shapes")
+    with pytest.raises(ValueError, match="metrics must be a list"):
+        figures.quality_comparison({"shapes": {}}, metrics=None)
+
+
+def test_speed_growth_refuses_rows_it_cannot_draw_honestly():
+    row = {"n": 4096, "h": 1, "infonce_ms": 1.0, "rcl_ms": 1.0}
+    with pytest.raises(ValueError, match="share one N"):
+        figures.speed_growth({"h": [row, dict(row, n=2048, h=2)]})
+    with pytest.raises(ValueError, match="rcl_ms'\\] must be a positive finite number"):
+        figures.speed_growth({"h": [dict(row, rcl_ms=float("nan"))]})
+    with pytest.raises(ValueError, match="\\['n'\\] must be a number >= 1"):
+        figures.speed_growth({"n": [{"h": 4, "rcl_ms": 1.0}]})
+    only_h = figures.speed_growth({"h": [row, dict(row, h=2)]})
+    assert any(t.showlegend for t in only_h.data)  # a legend even without the N sweep

@@ -299,3 +299,10 @@ def test_kmeans_criteria_are_refit_on_the_final_features_before_they_are_evaluat
     npz = np.load(tmp_path / "run" / "eval.npz")
     np.testing.assert_array_equal(npz["criteria_test_labels"][0], want.predict(test_keys.numpy()))
     assert summary["criteria"] == ["instance", "kmeans-4"]
+
+
+def test_explaining_only_a_criterion_that_is_not_on_yet_says_so(tmp_path):
+    trainer = Trainer(small_config(tmp_path, cluster_warmup_epochs=2), dataset=tiny_dataset())
+    trainer.train_step(torch.arange(16), 0.0)
+    with pytest.raises(ValueError, match="none of these criteria is on at epoch 0.00.*cluster_warmup_epochs=2"):
+        trainer.explain(torch.arange(8), only=["proto-8"])
