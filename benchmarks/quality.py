@@ -243,6 +243,8 @@ def main(argv=None) -> dict:
     p.add_argument("--data-dir", default=str(ROOT / "data"))
     p.add_argument("--out", default=None, help="also write the JSON here (default benchmarks/results/"
                                                 "quality.json, or quality-quick.json with --quick)")
+    p.add_argument("--figure", default=None, help="the comparison figure (lab.figures.quality_comparison): PNG "
+                                                   "path, default beside --out; 'none' for no figure")
     args = p.parse_args(argv)
     datasets = _names(args.datasets, DATASETS, "--datasets")
     methods = _names(args.methods, METHODS, "--methods")
@@ -295,6 +297,13 @@ def main(argv=None) -> dict:
     print(f"\n{len(configs)} runs in {time.perf_counter() - start:.0f} s; JSON -> {out_path}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_path, results)
+    if args.figure != "none":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from figure_file import write_figure
+        from lab.figures import quality_comparison
+
+        figure = Path(args.figure) if args.figure else out_path.with_suffix(".png")
+        print(f"figure -> {write_figure(quality_comparison(results), figure)}")
     print(json.dumps(results))
     return results
 

@@ -263,21 +263,6 @@ def profile_step(device: str, steps: int = 3) -> dict:
     return out
 
 
-def write_figure(sweeps: dict, path: Path) -> str:
-    """The growth figure as PNG through kaleido (benchmark extra), else as standalone HTML."""
-    from lab.figures import speed_growth
-
-    fig = speed_growth(sweeps)
-    try:
-        fig.write_image(str(path), width=1100, height=int(fig.layout.height), scale=1)
-        return str(path)
-    except Exception as e:  # kaleido missing, or no Chrome for it to drive
-        html_path = path.with_suffix(".html")
-        fig.write_html(str(html_path), include_plotlyjs=True)
-        print(f"   (PNG export unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120]}; wrote HTML)")
-        return str(html_path)
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer rounds and sizes: <= 5 minutes on 2 CPU cores")
@@ -330,8 +315,10 @@ def main(argv=None) -> dict:
         print("\n2. Growth (log-log slopes; N >= 1024): " + ", ".join(
             f"{k.removeprefix('growth_')} {v:.2f}" for k, v in result.items() if k.startswith("growth_")))
         figure = Path(args.figure) if args.figure else json_path.with_name(json_path.stem + "_growth.png")
-        figure.parent.mkdir(parents=True, exist_ok=True)
-        result["growth_figure"] = write_figure(sweeps, figure)
+        from figure_file import write_figure
+        from lab.figures import speed_growth
+
+        result["growth_figure"] = write_figure(speed_growth(sweeps), figure)
         print(f"   figure -> {result['growth_figure']}")
 
     if "train" not in skip:
