@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The CPU build by default; on a CUDA machine e.g.  make demo TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"
+# Which build this pulls depends on the pip index (a local CPU build here; plain PyPI on Linux: the CUDA one).
+# Choose it, e.g.  make demo TORCH="torch==2.13.0 --index-url <PyTorch's CPU or CUDA wheel index>"
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 

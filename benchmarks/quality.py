@@ -182,7 +182,7 @@ def targets(results: dict) -> dict | None:
 def table(results: dict) -> str:
     lines = []
     for dataset, methods in results.items():
-        metrics = list(dict.fromkeys(m for ms in methods.values() for m in ms))
+        metrics = _shown(methods, list(dict.fromkeys(m for ms in methods.values() for m in ms)))
         lines.append(f"\n{dataset} (mean ± std over {max(v['n'] for ms in methods.values() for v in ms.values())} seeds)")
         lines.append(f"{'metric':<18}" + "".join(f"{m:>17}" for m in methods))
         for metric in metrics:
@@ -192,15 +192,18 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _shown(methods: dict, metrics: list[str]) -> list[str]:
+    """``metrics`` without the ``@coarse`` ones that repeat ``@fine`` (datasets with one ground-truth level)."""
+    return [m for m in metrics if not (m.endswith("@coarse") and all(
+        ms.get(m) == ms.get(m.replace("@coarse", "@fine")) for ms in methods.values()))]
+
+
 def markdown(results: dict) -> str:
     """The results as one markdown table per dataset (methods as rows), as benchmarks/README.md shows them."""
     out = []
     for dataset, methods in results.items():
-        metrics = [m for m in dict.fromkeys(m for ms in methods.values() for m in ms)
-                   if not m.startswith(("ari@", "kmeans_nmi@"))]
-        # one ground-truth level: the @coarse columns repeat the @fine ones
-        metrics = [m for m in metrics if not (m.endswith("@coarse") and all(
-            ms.get(m) == ms.get(m.replace("@coarse", "@fine")) for ms in methods.values()))]
+        metrics = _shown(methods, [m for m in dict.fromkeys(m for ms in methods.values() for m in ms)
+                                   if not m.startswith("ari@")])
         n = max(v["n"] for ms in methods.values() for v in ms.values())
         out += [f"**{dataset}** (mean ± std over {n} seeds)", "",
                 "| method | " + " | ".join(f"`{m}`" for m in metrics) + " |",
@@ -255,8 +258,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--seeds must be >= 1, got {seeds}")
     if args.epochs is not None and args.epochs < 1:
         raise SystemExit(f"--epochs must be >= 1, got {args.epochs}")
+    root = Path(args.root) if args.root else ROOT / "runs" / "quality" / ("quick" if args.quick else "full")
     mode = "quick" if args.quick else "full"
-    root = Path(args.root) if args.root else ROOT / "runs" / "quality" / mode
     out_path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"quality{'-quick' if args.quick else ''}.json"
     try:
         configs = grid(datasets, methods, seeds, args.quick, root, args.data_dir, args.epochs)
@@ -268,16 +271,19 @@ def main(argv=None) -> dict:
 
     start = time.perf_counter()
     names = {f"{d}/{m}/s{s}": (d, m, s) for (d, m, s) in configs}
+    if args.epochs:
+        mode += f", --epochs {args.epochs}"
     print(f"quality.py ({mode}): {len(configs)} runs ({', '.join(datasets)} x {', '.join(methods)} x {seeds} "
           f"seeds) under {root}", flush=True)
 
     def report(name, summary, cached):
         values = metric_values(summary)
         took = "read back" if cached else f"{summary['wall_seconds']:.0f} s"
+        nmi = "learned" if summary.get("learned_nmi") else "k-means"
         print(f"  {name:<26} {took:>10}  kNN fine "
               f"{values['knn_top1@fine']:.3f} coarse {values['knn_top1@coarse']:.3f}  linear "
-              f"{values['linear_top1']:.3f}  NMI coarse {values['nmi@coarse']:.3f}  faithfulness "
-              f"{values['faithfulness']:.3f}", flush=True)
+              f"{values['linear_top1']:.3f}  NMI coarse {values['nmi@coarse']:.3f} ({nmi}), k-means "
+              f"{values['kmeans_nmi@coarse']:.3f}  faithfulness {values['faithfulness']:.3f}", flush=True)
 
     try:
         summaries = run_sweep({name: configs[key] for name, key in names.items()}, on_run=report)

@@ -30,6 +30,7 @@ The last line printed is one JSON object (also written to ``--json``), with at l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -104,6 +105,21 @@ class LossCase(loss_speed.Workload):
                                                  for y, r in zip(self.labels, self.ref_labels))
 
 
+@contextlib.contextmanager
+def profiler_quiet():
+    """torch's profiler (kineto) writes ``USDT ... profiler_start/stop`` lines straight to file descriptor 2
+    at every session; route fd 2 to /dev/null for the session (Python errors still raise normally)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def measure_loss(n: int, d: int, h: int, device, rounds: int, pml=None, pml_rounds: int | None = None,
                  seed: int = 0) -> dict:
     """Median times (ms), per-round time ratios to InfoNCE, peak bytes and memory ratios of one case."""
@@ -111,7 +127,8 @@ def measure_loss(n: int, d: int, h: int, device, rounds: int, pml=None, pml_roun
     names = list(work.losses)
     with torch.no_grad():
         values = {name: float(work.losses[name]()) for name in names}
-    peaks = loss_speed.warm_up(work, names, 2, memory=True)  # one untimed call, then one measuring memory
+    with profiler_quiet():
+        peaks = loss_speed.warm_up(work, names, 2, memory=True)  # one untimed call, then one measuring memory
     times = loss_speed.measure_times(work, names, rounds, {"pml_sum": pml_rounds or rounds})
     ref = times["infonce"]
     row = {"n": n, "d": d, "h": h}
@@ -139,8 +156,10 @@ def loss_sweeps(device, quick: bool, rounds: int, pml, max_n: int = 8192) -> dic
     out = {"n": [], "h": [], "d": []}
     print(f"\n1. Loss forward + backward against InfoNCE (tau = {TAU}), {rounds} rounds"
           + ("" if pml else "; pytorch-metric-learning not installed: no pml_sum"))
+    print("   time x / mem x: RCL against InfoNCE; at small N fixed per-call costs dominate both (the targets are "
+          f"at N = {HEADLINE_N}). PML: SupConLoss summed over the criteria; 'PML/RCL': how many times RCL is faster.")
     print(f"{'sweep':<6}{'N':>6}{'H':>3}{'D':>5}{'InfoNCE ms':>11}{'RCL ms':>9}{'time x':>8}{'mem x':>7}"
-          f"{'PML sum ms':>11}{'RCL faster':>11}")
+          f"{'PML ms':>11}{'PML/RCL':>11}")
     for sweep, values in (("n", ns), ("h", hs), ("d", ds)):
         for v in values:
             n, h, d = (v, 4, 128) if sweep == "n" else (head_n, v, 128) if sweep == "h" else (head_n, 4, v)
@@ -238,7 +257,7 @@ def profile_step(device: str, steps: int = 3) -> dict:
         idx = torch.arange(256, device=trainer.device)
         trainer.train_step(idx, 1.0)  # warm-up (allocations, prototype initialisation)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
-        with profile(activities=activities) as prof:
+        with profiler_quiet(), profile(activities=activities) as prof:
             start = time.perf_counter()
             for _ in range(steps):
                 trainer.train_step(idx, 1.0)
@@ -312,8 +331,14 @@ def main(argv=None) -> dict:
         result["loss_memory_ratio_h1_vs_infonce"] = h1["rcl_memory_ratio"]
         result["loss_sweeps"] = sweeps
         result.update(growth_slopes(sweeps))
-        print("\n2. Growth (log-log slopes; N >= 1024): " + ", ".join(
-            f"{k.removeprefix('growth_')} {v:.2f}" for k, v in result.items() if k.startswith("growth_")))
+        slopes = {k: v for k, v in result.items() if k.startswith("growth_")}
+        print("\n2. Growth: cost ~ N^a (fitted on N >= 1024) and ~ H^b, log-log least squares")
+        for k, v in slopes.items():
+            what, _, rest = k.removeprefix("growth_").partition("_vs_")
+            axis, _, name = rest.partition("_")
+            print(f"   {name:<8} {what:<7} ~ {axis.upper()}^{v:.2f}")
+        if not any("_vs_n_" in k for k in slopes):
+            print("   (no N slope: fewer than two sizes N >= 1024 were measured)")
         figure = Path(args.figure) if args.figure else json_path.with_name(json_path.stem + "_growth.png")
         from figure_file import write_figure
         from lab.figures import speed_growth

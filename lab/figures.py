@@ -318,7 +318,8 @@ def _lines(text: str, width: float) -> int:
 
 
 def results_table(summaries: Mapping[str, Mapping[str, Any] | None], title: str = "Results") -> go.Figure:
-    """A table with one row per run: method, dataset, criteria, steps, kNN/linear top-1, NMI, time.
+    """A table with one row per run: method, dataset, criteria, steps, kNN/linear top-1, faithfulness (when
+    the summaries have it), NMI, time.
 
     Parameters
     ----------
@@ -346,7 +347,9 @@ def results_table(summaries: Mapping[str, Mapping[str, Any] | None], title: str 
     nmi_levels = _levels(summaries, "nmi")
     learned_levels = _levels(summaries, "learned_nmi")
 
+    faithful = any(isinstance(s, Mapping) and s.get("faithfulness") is not None for s in summaries.values())
     header = ["run", "method", "dataset", "criteria", "steps", "kNN top-1", "linear top-1"]
+    header += ["faithfulness"] if faithful else []
     header += [f"kNN · {lv}" for lv in knn_levels] + [f"NMI k-means · {lv}" for lv in nmi_levels]
     header += [f"NMI learned · {lv}" for lv in learned_levels]
     header += ["learned by"] if learned_levels else []
@@ -358,6 +361,7 @@ def results_table(summaries: Mapping[str, Mapping[str, Any] | None], title: str 
         row = [name, s.get("method"), s.get("dataset"),
                ", ".join(map(str, crit)) if crit else None, s.get("steps"),
                s.get("knn_top1"), s.get("linear_top1")]
+        row += [s.get("faithfulness")] if faithful else []
         row += [(s.get("knn_top1_per_level") or {}).get(lv) for lv in knn_levels]
         row += [(s.get("nmi") or {}).get(lv) for lv in nmi_levels]
         row += [(s.get("learned_nmi") or {}).get(lv) for lv in learned_levels]
@@ -369,7 +373,7 @@ def results_table(summaries: Mapping[str, Mapping[str, Any] | None], title: str 
     numeric_from = 4
     fill = [["#ffffff" if i % 2 == 0 else "#f3f5f9" for i in range(len(rows))]] * len(header)
     font_colours = [[colours[n] for n in names]] + [["#222222"] * len(rows)] * (len(header) - 1)
-    widths = [1.6, 0.8, 0.9, 2.0, 0.7, 0.9, 0.9] + [0.9] * (len(knn_levels) + len(nmi_levels) + len(learned_levels))
+    widths = [1.6, 0.8, 0.9, 2.0, 0.7, 0.9, 0.9] + [0.9] * (int(faithful) + len(knn_levels) + len(nmi_levels) + len(learned_levels))
     widths += [1.0] if learned_levels else []
     widths += [0.8]
     align = ["left"] * numeric_from + ["right"] * (len(header) - numeric_from)

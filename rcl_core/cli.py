@@ -94,8 +94,8 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
 
 
 def add_train_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("train", help="train one run (MoCo v3 or RCL) and evaluate it",
-                       description="Train MoCo v3 or RCL; writes config.json, metrics.jsonl, checkpoint.pt, "
+    p = sub.add_parser("train", help="train one run (MoCo v3, RCL or the proto baseline) and evaluate it",
+                       description="Train MoCo v3, RCL or the proto baseline; writes config.json, metrics.jsonl, checkpoint.pt, "
                                    "summary.json and eval.npz into --run-dir.")
     p.add_argument("--config", type=Path, help="start from this config.json (flags override it)")
     p.add_argument("--resume", action="store_true",
