@@ -60,14 +60,14 @@ SETTINGS = {
     # tau 0.2 (not 0.3) after the ablation in benchmarks/README.md: better for MoCo v3 and RCL alike.
     "shapes": dict(config=dict(batch_size=128, width=8, hidden_dim=256, predictor_dim=256, feature_dim=64,
                                lr=0.012, warmup_epochs=1, momentum=0.9, temperature=0.2),
-                   levels=(64, 16), proto_k=12, epochs=12, quick_epochs=3),
+                   levels=(64, 16), proto_k=12, epochs=12, quick_epochs=2),
     # The demo's setting (rcl demo), shorter.
     "digits": dict(config=dict(batch_size=256, lr=2e-3, temperature=0.2),
-                   levels=(64, 16), proto_k=10, epochs=60, quick_epochs=10),
+                   levels=(64, 16), proto_k=10, epochs=60, quick_epochs=6),
     # The shapes model: the default one (width 32) takes ~50 s an epoch of 28x28 images on 2 shared cores.
     "mnist5k": dict(config=dict(batch_size=128, width=8, hidden_dim=256, predictor_dim=256, feature_dim=64,
                                 lr=0.012, warmup_epochs=1, momentum=0.9, temperature=0.2),
-                    levels=(64, 16), proto_k=10, epochs=10, quick_epochs=2),
+                    levels=(64, 16), proto_k=10, epochs=10, quick_epochs=1),
 }
 # The weights of rcl and rcl-kmeans (instance, fine clusters, coarse clusters): learned clusters are noisy
 # positives at these budgets (40-45 % pure at the shape level on shapes), and equal weights let them
