@@ -75,17 +75,23 @@ SIGMOID_THRESHOLDS = (0.8, 0.5, 0.2, -0.1)
 
 
 # ---------------------------------------------------------------------------------------------- workload
-def nested_labels(n: int, seed: int, device) -> torch.Tensor:
-    """(4, n) labels, fine -> coarse: instance (the sample's index), then clusters of 8 / 64 / 512 samples.
+def nested_labels(n: int, seed: int, device, sizes=CLUSTER_SIZES) -> torch.Tensor:
+    """(1 + len(sizes), n) labels, fine -> coarse: instance (the sample's index), then clusters of ``sizes``
+    samples (default 8 / 64 / 512).
 
-    Levels 2-4 are ``perm // 8``, ``perm // 64``, ``perm // 512`` of one random permutation: each is the
-    previous level // 8, so the levels are nested (agreeing at a finer level implies agreeing at every
-    coarser one), and the clusters are scattered over the batch.
+    Level l is ``perm // sizes[l]`` of one random permutation; with each size a multiple of the one before,
+    the levels are nested (agreeing at a finer level implies agreeing at every coarser one), and the
+    clusters are scattered over the batch.
     """
     g = torch.Generator().manual_seed(seed + 1)
     perm = torch.randperm(n, generator=g)
-    rows = [torch.arange(n)] + [perm // size for size in CLUSTER_SIZES]
+    rows = [torch.arange(n)] + [perm // size for size in sizes]
     return torch.stack(rows).to(device)
+
+
+def infonce(q: torch.Tensor, k: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The reference: plain InfoNCE, ``F.cross_entropy`` of the cosine logits over tau."""
+    return F.cross_entropy(F.normalize(q, dim=1) @ F.normalize(k, dim=1).T / TAU, targets)
 
 
 def supcon_naive(q: torch.Tensor, k: torch.Tensor, labels_q: torch.Tensor, labels_k: torch.Tensor) -> torch.Tensor:
@@ -102,23 +108,26 @@ class Workload:
     """The inputs and one closure per variant; ``step(name)`` is one forward + backward."""
 
     def __init__(self, n: int, d: int, device: torch.device, seed: int = 0):
-        self.device = device
-        g = torch.Generator().manual_seed(seed)
-        self.q = torch.randn(n, d, generator=g).to(device).requires_grad_()
-        self.k = torch.randn(n, d, generator=g).to(device).requires_grad_()
-        self.targets = torch.arange(n, device=device)
+        self._inputs(n, d, device, seed)
         self.labels_h1 = self.targets[None].clone()
         self.labels_h4 = nested_labels(n, seed, device)
         self.rcl = RelativeContrastiveLoss(temperature=TAU)
         self.rcl_sigmoid = RelativeContrastiveLoss(temperature=TAU, form="sigmoid", thresholds=SIGMOID_THRESHOLDS)
         self.losses = {
-            "infonce": lambda: F.cross_entropy(
-                F.normalize(self.q, dim=1) @ F.normalize(self.k, dim=1).T / TAU, self.targets),
+            "infonce": lambda: infonce(self.q, self.k, self.targets),
             "rcl_h1": lambda: self.rcl(self.q, self.k, self.labels_h1, self.labels_h1),
             "rcl_h4": lambda: self.rcl(self.q, self.k, self.labels_h4, self.labels_h4),
             "rcl_sigmoid_h4": lambda: self.rcl_sigmoid(self.q, self.k, self.labels_h4, self.labels_h4),
             "supcon_naive_h4": lambda: supcon_naive(self.q, self.k, self.labels_h4, self.labels_h4),
         }
+
+    def _inputs(self, n: int, d: int, device: torch.device, seed: int) -> None:
+        """Leaf queries and keys (N, D), both with gradients, and the instance targets."""
+        self.device = device
+        g = torch.Generator().manual_seed(seed)
+        self.q = torch.randn(n, d, generator=g).to(device).requires_grad_()
+        self.k = torch.randn(n, d, generator=g).to(device).requires_grad_()
+        self.targets = torch.arange(n, device=device)
 
     def sync(self) -> None:
         if self.device.type == "cuda":

@@ -44,6 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rcl_core  # noqa: E402,F401  (first: sets the OpenMP wait policy before torch loads)
+from lab.figures import without_repeated_coarse  # noqa: E402
 from rcl_core.config import TrainConfig  # noqa: E402
 from rcl_core.runs import atomic_write_json  # noqa: E402
 
@@ -182,7 +183,7 @@ def targets(results: dict) -> dict | None:
 def table(results: dict) -> str:
     lines = []
     for dataset, methods in results.items():
-        metrics = _shown(methods, list(dict.fromkeys(m for ms in methods.values() for m in ms)))
+        metrics = without_repeated_coarse(methods, list(dict.fromkeys(m for ms in methods.values() for m in ms)))
         lines.append(f"\n{dataset} (mean ± std over {max(v['n'] for ms in methods.values() for v in ms.values())} seeds)")
         lines.append(f"{'metric':<18}" + "".join(f"{m:>17}" for m in methods))
         for metric in metrics:
@@ -192,17 +193,11 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _shown(methods: dict, metrics: list[str]) -> list[str]:
-    """``metrics`` without the ``@coarse`` ones that repeat ``@fine`` (datasets with one ground-truth level)."""
-    return [m for m in metrics if not (m.endswith("@coarse") and all(
-        ms.get(m) == ms.get(m.replace("@coarse", "@fine")) for ms in methods.values()))]
-
-
 def markdown(results: dict) -> str:
     """The results as one markdown table per dataset (methods as rows), as benchmarks/README.md shows them."""
     out = []
     for dataset, methods in results.items():
-        metrics = _shown(methods, [m for m in dict.fromkeys(m for ms in methods.values() for m in ms)
+        metrics = without_repeated_coarse(methods, [m for m in dict.fromkeys(m for ms in methods.values() for m in ms)
                                    if not m.startswith("ari@")])
         n = max(v["n"] for ms in methods.values() for v in ms.values())
         out += [f"**{dataset}** (mean ± std over {n} seeds)", "",

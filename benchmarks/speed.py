@@ -68,8 +68,7 @@ def nested_levels(n: int, h: int, seed: int, device) -> torch.Tensor:
     """(h, n) labels: the instance criterion, then h - 1 nested levels of clusters of ``LEVEL_SIZES``."""
     if not 1 <= h <= len(LEVEL_SIZES) + 1:
         raise ValueError(f"h must be in 1..{len(LEVEL_SIZES) + 1}, got {h}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
-    return torch.stack([torch.arange(n)] + [perm // min(size, n // 2) for size in LEVEL_SIZES[:h - 1]]).to(device)
+    return loss_speed.nested_labels(n, seed, device, [min(size, n // 2) for size in LEVEL_SIZES[:h - 1]])
 
 
 def pml_supcon():
@@ -85,19 +84,14 @@ class LossCase(loss_speed.Workload):
     """``infonce``, ``rcl`` (H criteria) and ``pml_sum`` (SupConLoss once per criterion) on the same q, k."""
 
     def __init__(self, n: int, d: int, h: int, device: torch.device, seed: int = 0, pml=None):
-        self.device = device
-        g = torch.Generator().manual_seed(seed)
-        self.q = torch.randn(n, d, generator=g).to(device).requires_grad_()
-        self.k = torch.randn(n, d, generator=g).to(device).requires_grad_()
-        self.targets = torch.arange(n, device=device)
+        self._inputs(n, d, device, seed)
         self.labels = nested_levels(n, h, seed, device)
         # pytorch-metric-learning drops the diagonal when ref_labels *is* labels (one embedding set):
         # a copy makes it a query/key loss, where the instance positive is the diagonal.
         self.ref_labels = self.labels.clone()
         self.rcl = RelativeContrastiveLoss(temperature=TAU)
         self.losses = {
-            "infonce": lambda: F.cross_entropy(F.normalize(self.q, dim=1) @ F.normalize(self.k, dim=1).T / TAU,
-                                               self.targets),
+            "infonce": lambda: loss_speed.infonce(self.q, self.k, self.targets),
             "rcl": lambda: self.rcl(self.q, self.k, self.labels, self.labels),
         }
         if pml is not None:
@@ -216,12 +210,10 @@ def clustering_cost(device, quick: bool, rounds: int) -> list[dict]:
             clus = OnlineHierarchicalClustering([K, max(2, K // 4)], seed=0)
             clus.observe(idx, keys)  # initialisation
 
-            def infonce():
-                F.cross_entropy(F.normalize(q, dim=1) @ F.normalize(k, dim=1).T / TAU, targets).backward()
-
             times = {"observe": [], "infonce": []}
             for _ in range(rounds + 1):
-                for name, fn in (("observe", lambda: clus.observe(idx, keys)), ("infonce", infonce)):
+                for name, fn in (("observe", lambda: clus.observe(idx, keys)),
+                                 ("infonce", lambda: loss_speed.infonce(q, k, targets).backward())):
                     sync(device)
                     start = time.perf_counter()
                     fn()

@@ -48,6 +48,7 @@ __all__ = [
     "criteria_agreement",
     "quality_comparison",
     "QUALITY_METRICS",
+    "without_repeated_coarse",
     "speed_growth",
 ]
 
@@ -1471,6 +1472,14 @@ def _aggregate_values(run: Mapping[str, Any] | None, metric: str):
     return value.get("values", value.get("mean")) if isinstance(value, Mapping) else value
 
 
+def without_repeated_coarse(runs: Mapping[str, Mapping[str, Any] | None], metrics: Sequence[str]) -> list[str]:
+    """``metrics`` without each ``X@coarse`` whose values equal ``X@fine``'s in every run (a dataset with one
+    ground-truth level, where the finest level is the coarsest): what the quality table and figure show."""
+    return [m for m in metrics if not (
+        m.endswith("@coarse") and m.replace("@coarse", "@fine") in metrics
+        and all(_aggregate_values(r, m) == _aggregate_values(r, m.replace("@coarse", "@fine")) for r in runs.values()))]
+
+
 def quality_comparison(results: Mapping[str, Mapping[str, Mapping[str, Any]]], datasets: Sequence[str] | None = None,
                        metrics: Sequence[str] = QUALITY_METRICS,
                        title: str = "Quality at the same budget: mean ± std over seeds") -> go.Figure:
@@ -1527,11 +1536,7 @@ def quality_comparison(results: Mapping[str, Mapping[str, Mapping[str, Any]]], d
     shown = set()
     for row, d in enumerate(datasets, start=1):
         runs = results[d]
-        here = [m for m in metrics if any(m in r for r in runs.values())]
-        here = [m for m in here if not (
-            m.endswith("@coarse") and m.replace("@coarse", "@fine") in here
-            and all(_aggregate_values(r, m) == _aggregate_values(r, m.replace("@coarse", "@fine"))
-                    for r in runs.values()))]
+        here = without_repeated_coarse(runs, [m for m in metrics if any(m in r for r in runs.values())])
         panel = run_comparison(runs, here) if here else go.Figure()
         top = 1.0
         for trace in panel.data:
